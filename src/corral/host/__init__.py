@@ -1,0 +1,1 @@
+"""What this host and its QEMU can do."""

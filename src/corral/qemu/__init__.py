@@ -1,0 +1,1 @@
+"""QEMU: command lines (pure), processes, the monitor vocabulary, and qemu-img."""

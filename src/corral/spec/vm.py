@@ -1,0 +1,256 @@
+"""What a virtual machine is: the frozen, validated ``VmSpec`` and its parts.
+
+Everything here is pure: checks that need only the spec live on the models (``check_*``
+validators); checks that need the host (machine types, files, memory) live in
+:mod:`corral.spec.validate`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from corral.units import GiB, MiB, parse_size
+
+#: A VM name: what virsh users type, safe as a file name and in QEMU options.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+#: A disk or NIC name inside one VM; also used in QEMU node names and device ids.
+DEVICE_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,15}$"
+#: Machine types and CPU models as QEMU names them.
+QEMU_IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+MIN_MEMORY = 16 * MiB
+MAX_MEMORY = 4096 * GiB
+MAX_VCPUS = 255
+MAX_DISK = 64 * 1024 * GiB
+MAC_PATTERN = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+#: Kernel command lines longer than this do not fit the x86 boot protocol.
+MAX_CMDLINE = 2048
+
+
+def _size(default_unit: str) -> BeforeValidator:
+    def parse(value: object) -> object:
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            try:
+                return parse_size(value, default_unit)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    return BeforeValidator(parse)
+
+
+#: Memory in bytes; a bare number means MiB, as for ``qemu -m``.
+MemorySize = Annotated[int, _size("M")]
+#: A disk size in bytes; a bare number means bytes.
+DiskSize = Annotated[int, _size("")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class DiskSpec(_Frozen):
+    """One virtual disk: a copy-on-write clone of an image, or a blank volume."""
+
+    #: Name inside the VM (``root``, ``data``); the file is ``<name>.qcow2``.
+    name: str = Field(pattern=DEVICE_NAME_PATTERN)
+    #: Base image for a linked clone; ``None`` for a blank volume.
+    image: str | None = Field(default=None, pattern=NAME_PATTERN)
+    #: Virtual size in bytes. Required for a blank volume; for a clone, grows the image.
+    size: DiskSize | None = None
+    #: Attach read-only.
+    readonly: bool = False
+    #: Host page cache mode, as QEMU names it.
+    cache: Literal["writeback", "none", "writethrough", "directsync", "unsafe"] = "writeback"
+    #: Pass guest discards (TRIM) down so deleted blocks free host space.
+    discard: bool = True
+
+    @field_validator("size")
+    @classmethod
+    def check_size(cls, value: int | None) -> int | None:
+        if value is None:
+            return None
+        if value < MiB:
+            raise ValueError("must be at least 1 MiB")
+        if value > MAX_DISK:
+            raise ValueError("must be at most 64 TiB")
+        if value % 512:
+            raise ValueError("must be a multiple of 512 bytes")
+        return value
+
+    @model_validator(mode="after")
+    def check_source(self) -> DiskSpec:
+        if self.image is None and self.size is None:
+            raise ValueError("a blank disk needs a size")
+        return self
+
+
+class PortForward(_Frozen):
+    """A host port forwarded to a guest port through user-mode NAT."""
+
+    protocol: Literal["tcp", "udp"] = "tcp"
+    #: Host address to listen on; loopback unless the user chooses otherwise.
+    host_addr: str = "127.0.0.1"
+    host_port: int = Field(ge=1, le=65535)
+    guest_port: int = Field(ge=1, le=65535)
+
+    @field_validator("host_addr")
+    @classmethod
+    def check_host_addr(cls, value: str) -> str:
+        try:
+            addr = ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 address") from None
+        return str(addr)
+
+
+class NicSpec(_Frozen):
+    """A network card. This release offers user-mode NAT (``user``)."""
+
+    name: str = Field(default="net0", pattern=DEVICE_NAME_PATTERN)
+    kind: Literal["user"] = "user"
+    model: Literal["virtio-net-pci", "e1000"] = "virtio-net-pci"
+    #: MAC address (lower case); ``None`` lets corral derive one from the VM's UUID.
+    mac: str | None = None
+    forwards: tuple[PortForward, ...] = ()
+    #: Cut the guest off from the host and the outside (only forwarded ports reach it).
+    restrict: bool = False
+
+    @field_validator("mac")
+    @classmethod
+    def check_mac(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.lower()
+        if not MAC_PATTERN.match(value):
+            raise ValueError("must be six hex pairs separated by colons, e.g. 52:54:00:12:34:56")
+        if int(value[:2], 16) & 1:
+            raise ValueError("must be a unicast address (the first octet's low bit clear)")
+        return value
+
+
+class BootSpec(_Frozen):
+    """How the VM boots: through firmware from its first disk, or straight into a kernel."""
+
+    kind: Literal["firmware", "kernel"] = "firmware"
+    #: Firmware for ``kind="firmware"``: SeaBIOS or OVMF.
+    firmware: Literal["bios", "uefi"] = "bios"
+    #: Host path of the kernel (an uncompressed ELF ``vmlinux`` boots through PVH).
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str = ""
+
+    @field_validator("kernel", "initrd")
+    @classmethod
+    def check_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return value
+
+    @field_validator("cmdline")
+    @classmethod
+    def check_cmdline(cls, value: str) -> str:
+        if len(value) > MAX_CMDLINE:
+            raise ValueError(f"is {len(value)} characters; the limit is {MAX_CMDLINE}")
+        if any(ord(ch) < 32 for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @model_validator(mode="after")
+    def check_kind(self) -> BootSpec:
+        if self.kind == "kernel" and self.kernel is None:
+            raise ValueError("kernel boot needs a kernel")
+        if self.kind == "firmware" and (self.kernel or self.initrd or self.cmdline):
+            raise ValueError("kernel, initrd and cmdline apply only to kind 'kernel'")
+        return self
+
+
+class SerialSpec(_Frozen):
+    """The serial console: logged to a file, attachable through a UNIX socket."""
+
+    enabled: bool = True
+
+
+class VncSpec(_Frozen):
+    """A VNC display. It listens only on a UNIX socket or on loopback."""
+
+    listen: Literal["unix", "loopback"] = "unix"
+    #: Display number for ``loopback`` (port 5900 + display).
+    display: int | None = Field(default=None, ge=0, le=99)
+
+    @model_validator(mode="after")
+    def check_display(self) -> VncSpec:
+        if self.listen == "loopback" and self.display is None:
+            raise ValueError("a loopback VNC display needs a display number (0-99)")
+        if self.listen == "unix" and self.display is not None:
+            raise ValueError("a display number applies only to loopback VNC")
+        return self
+
+
+class VmSpec(_Frozen):
+    """Everything needed to run one VM, independent of the host it runs on."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    uuid: uuid.UUID = Field(default_factory=uuid.uuid4)
+    vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS)
+    memory: MemorySize = 512 * MiB
+    #: QEMU machine type; ``pc`` boots every time under TCG with PVH (see docs/guests.md).
+    machine: str = Field(default="pc", pattern=QEMU_IDENT_PATTERN)
+    #: CPU model; ``None`` picks ``host`` under KVM and QEMU's default under TCG.
+    cpu: str | None = Field(default=None, pattern=QEMU_IDENT_PATTERN)
+    disks: tuple[DiskSpec, ...] = ()
+    boot: BootSpec = BootSpec()
+    nics: tuple[NicSpec, ...] = ()
+    serial: SerialSpec = SerialSpec()
+    vnc: VncSpec | None = None
+
+    @field_validator("memory")
+    @classmethod
+    def check_memory(cls, value: int) -> int:
+        if value % MiB:
+            raise ValueError("must be a whole number of MiB")
+        if value < MIN_MEMORY:
+            raise ValueError("must be at least 16 MiB")
+        if value > MAX_MEMORY:
+            raise ValueError("must be at most 4 TiB")
+        return value
+
+    @model_validator(mode="after")
+    def check_devices(self) -> VmSpec:
+        disk_names = [d.name for d in self.disks]
+        if len(set(disk_names)) != len(disk_names):
+            raise ValueError("disk names must be unique")
+        nic_names = [n.name for n in self.nics]
+        if len(set(nic_names)) != len(nic_names):
+            raise ValueError("nic names must be unique")
+        macs = [n.mac for n in self.nics if n.mac is not None]
+        if len(set(macs)) != len(macs):
+            raise ValueError("nic MAC addresses must be unique")
+        ports = [(f.protocol, f.host_addr, f.host_port) for n in self.nics for f in n.forwards]
+        if len(set(ports)) != len(ports):
+            raise ValueError("a host port can be forwarded only once")
+        if self.boot.kind == "firmware" and not self.disks:
+            raise ValueError("firmware boot needs at least one disk")
+        if self.machine == "microvm" and self.boot.kind != "kernel":
+            raise ValueError("machine 'microvm' has no firmware disk boot; use kernel boot")
+        return self
+
+    def nic_mac(self, index: int) -> str:
+        """The MAC of NIC ``index``: its own, or one derived from the VM's UUID (stable)."""
+        nic = self.nics[index]
+        if nic.mac is not None:
+            return nic.mac
+        raw = self.uuid.bytes
+        return f"52:54:00:{raw[0]:02x}:{raw[1]:02x}:{(raw[2] + index) % 256:02x}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import uuid
+from uuid import UUID, uuid4
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -203,7 +203,7 @@ class VmSpec(_Frozen):
     """Everything needed to run one VM, independent of the host it runs on."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    uuid: uuid.UUID = Field(default_factory=uuid.uuid4)
+    uuid: UUID = Field(default_factory=uuid4)
     vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS)
     memory: MemorySize = 512 * MiB
     #: QEMU machine type; ``pc`` boots every time under TCG with PVH (see docs/guests.md).

@@ -1,0 +1,1 @@
+"""The ``corral`` command line: virsh-like verbs over :mod:`corral.compute`."""

@@ -1,0 +1,31 @@
+"""The handle every operation takes: the state directory, its database, the host's caps."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from corral.config import Home, default_cache, load_home
+from corral.host.caps import HostCaps
+from corral.store.db import Database
+
+
+class Corral:
+    """One corral state directory and what operations on it need.
+
+    :param home: the state directory; ``$CORRAL_HOME`` or the default when ``None``.
+    """
+
+    def __init__(self, home: Home | None = None) -> None:
+        self.home = home or load_home()
+        self.home.ensure()
+        self.db = Database.for_file(self.home.db_path)
+
+    @cached_property
+    def caps(self) -> HostCaps:
+        """The host's capabilities, probed once and cached (not per state directory)."""
+        from corral.host.caps import probe
+
+        return probe(cache_dir=default_cache())
+
+    def close(self) -> None:
+        self.db.close()

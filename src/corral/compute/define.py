@@ -1,0 +1,192 @@
+"""Defining and deleting VMs: the record, the directory and the disks, all or nothing."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from corral.compute import records
+from corral.compute.context import Corral
+from corral.compute.lifecycle import vm_lock
+from corral.compute.state import Op, VmState, require
+from corral.errors import AlreadyExists, InvalidInput, NotFound
+from corral.spec import parse
+from corral.spec.vm import NAME_PATTERN, VmSpec
+from corral.store.models import ImageRow, VmRow
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """What ``corral create`` asks for; turned into a :class:`VmSpec` with the image's hints."""
+
+    name: str
+    image: str | None = None
+    vcpus: int = 1
+    memory: str | int = "512M"
+    #: Virtual size of the root disk (grows the image's); ``None`` keeps the image's size.
+    disk_size: str | int | None = None
+    #: Extra blank disks' sizes, named ``data1``, ``data2``, ...
+    data_disks: tuple[str | int, ...] = ()
+    machine: str = "pc"
+    cpu: str | None = None
+    #: Host port forwards: ``[tcp:][ADDR:]HOSTPORT:GUESTPORT``.
+    forwards: tuple[str, ...] = ()
+    vnc: bool = False
+    #: Extra fields merged into the spec (advanced use and tests).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_FORWARD = re.compile(
+    r"^(?:(?P<proto>tcp|udp):)?(?:(?P<addr>\d{1,3}(?:\.\d{1,3}){3}):)?"
+    r"(?P<host>\d{1,5}):(?P<guest>\d{1,5})$"
+)
+
+
+def parse_forward(text: str) -> dict[str, Any]:
+    """``tcp:127.0.0.1:2222:22`` -> a :class:`~corral.spec.vm.PortForward` dict.
+
+    :raise InvalidInput: not of the form ``[tcp|udp:][ADDR:]HOSTPORT:GUESTPORT``.
+    """
+    match = _FORWARD.match(text)
+    if not match:
+        raise InvalidInput("forward", f"{text!r} is not [tcp|udp:][ADDR:]HOSTPORT:GUESTPORT")
+    out: dict[str, Any] = {
+        "protocol": match["proto"] or "tcp",
+        "host_port": int(match["host"]),
+        "guest_port": int(match["guest"]),
+    }
+    if match["addr"]:
+        out["host_addr"] = match["addr"]
+    return out
+
+
+def build_spec(req: CreateRequest, image: ImageRow | None) -> VmSpec:
+    """The spec for ``req`` (pure, given the image record).
+
+    :raise InvalidInput: naming the offending field.
+    """
+    disks: list[dict[str, Any]] = []
+    boot: dict[str, Any] = {"kind": "firmware"}
+    if image is not None:
+        root: dict[str, Any] = {"name": "root", "image": image.name}
+        if req.disk_size is not None:
+            root["size"] = req.disk_size
+        disks.append(root)
+        if image.kernel:
+            boot = {"kind": "kernel", "kernel": image.kernel, "cmdline": image.cmdline}
+            if image.initrd:
+                boot["initrd"] = image.initrd
+    elif req.disk_size is not None:
+        disks.append({"name": "root", "size": req.disk_size})
+    for index, size in enumerate(req.data_disks, start=1):
+        disks.append({"name": f"data{index}", "size": size})
+    data: dict[str, Any] = {
+        "name": req.name,
+        "uuid": str(uuid.uuid4()),
+        "vcpus": req.vcpus,
+        "memory": req.memory,
+        "machine": req.machine,
+        "cpu": req.cpu,
+        "disks": disks,
+        "boot": boot,
+        "nics": [{"name": "net0", "forwards": [parse_forward(f) for f in req.forwards]}],
+    }
+    if req.vnc:
+        data["vnc"] = {"listen": "unix"}
+    data.update(req.extra)
+    return parse(VmSpec, data)
+
+
+def check_name(name: str) -> None:
+    """:raise InvalidInput: ``name`` is not a valid VM name."""
+    if not re.match(NAME_PATTERN, name):
+        raise InvalidInput(
+            "name",
+            f"{name!r} is not allowed: use 1-63 lower-case letters, digits and '-', "
+            "starting with a letter or digit",
+        )
+
+
+def create(ctx: Corral, req: CreateRequest) -> VmSpec:
+    """Define a VM: clone its disks and record it in state ``defined``.
+
+    Nothing is left behind on failure: the directory and its disks go with the error.
+
+    :raise InvalidInput: a field is wrong for the spec or the host.
+    :raise AlreadyExists: the name is taken.
+    :raise NotFound: the image does not exist.
+    """
+    from corral.spec.validate import validate_spec
+    from corral.storage.disks import create_blank, create_clone
+
+    check_name(req.name)
+    with vm_lock(ctx, req.name):
+        with ctx.db.session() as session:
+            if session.scalars(select(VmRow.id).where(VmRow.name == req.name)).first():
+                raise AlreadyExists("vm", req.name)
+            image = None
+            if req.image is not None:
+                image = session.scalars(select(ImageRow).where(ImageRow.name == req.image)).first()
+                if image is None:
+                    raise NotFound("image", req.image)
+        spec = build_spec(req, image)
+        validate_spec(spec, ctx.caps)
+        paths = records.vm_paths(ctx, spec)
+        root = Path(paths.root)
+        # A directory without a record is what an interrupted create leaves; we hold the name.
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(mode=0o700, parents=True)
+        try:
+            for disk in spec.disks:
+                files = paths.disks[disk.name]
+                if files.backing:
+                    create_clone(Path(files.backing[0].path), Path(files.top.path), disk.size)
+                else:
+                    assert disk.size is not None
+                    create_blank(Path(files.top.path), disk.size)
+            with ctx.db.session() as session:
+                session.add(
+                    VmRow(
+                        id=str(spec.uuid),
+                        name=spec.name,
+                        spec=spec.model_dump_json(),
+                        state=VmState.DEFINED.value,
+                        image=req.image,
+                        ready_marker=image.ready_marker if image else None,
+                        reason="defined",
+                    )
+                )
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        return spec
+
+
+def delete(ctx: Corral, name: str, keep_disks: bool = False) -> list[Path]:
+    """Delete a stopped VM with its directory; ``keep_disks`` moves its disks aside first.
+
+    :return: where kept disks now are.
+    :raise StateError: the VM is running.
+    """
+    with vm_lock(ctx, name), ctx.db.session() as session:
+        vm = records.load(ctx, session, name)
+        records.reconcile(vm)
+        require(name, Op.DELETE, vm.state)
+        kept: list[Path] = []
+        if keep_disks:
+            dest_dir = ctx.home.root / "disks"
+            dest_dir.mkdir(exist_ok=True, mode=0o700)
+            for disk_name, files in vm.paths.disks.items():
+                dest = dest_dir / f"{name}-{disk_name}-{vm.spec.uuid.hex[:8]}.qcow2"
+                Path(files.top.path).replace(dest)
+                kept.append(dest)
+        session.delete(vm.row)
+        session.flush()
+        shutil.rmtree(vm.paths.root, ignore_errors=True)
+        return kept

@@ -1,0 +1,187 @@
+"""The image catalogue: base images (read-only qcow2) and how to boot them."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from corral.compute.context import Corral
+from corral.compute.locks import ObjectLock
+from corral.compute.records import IMAGE_FILE
+from corral.errors import AlreadyExists, InUse, InvalidInput, NotFound
+from corral.spec.vm import NAME_PATTERN, BootSpec
+from corral.store.models import ImageRow, VmRow
+
+Progress = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class ImageView:
+    name: str
+    format: str
+    source_format: str
+    virtual_size: int
+    actual_size: int
+    sha256: str
+    os_hint: str
+    kernel: str | None
+    initrd: str | None
+    cmdline: str
+    ready_marker: str | None
+    path: str
+    created_at: str
+    used_by: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _lock(ctx: Corral, name: str) -> ObjectLock:
+    return ObjectLock(ctx.home.locks, "image", name)
+
+
+def _users(ctx: Corral, name: str) -> list[str]:
+    """VMs with a disk cloned from image ``name``."""
+    from corral.spec.vm import VmSpec
+
+    users = []
+    with ctx.db.session() as session:
+        for row in session.scalars(select(VmRow).order_by(VmRow.name)):
+            spec = VmSpec.model_validate_json(row.spec)
+            if any(disk.image == name for disk in spec.disks):
+                users.append(row.name)
+    return users
+
+
+def _view(row: ImageRow, users: list[str]) -> ImageView:
+    return ImageView(
+        name=row.name,
+        format="qcow2",
+        source_format=row.source_format,
+        virtual_size=row.virtual_size,
+        actual_size=row.actual_size,
+        sha256=row.sha256,
+        os_hint=row.os_hint,
+        kernel=row.kernel,
+        initrd=row.initrd,
+        cmdline=row.cmdline,
+        ready_marker=row.ready_marker,
+        path=row.path,
+        created_at=row.created_at.isoformat(),
+        used_by=users,
+    )
+
+
+def import_image(
+    ctx: Corral,
+    name: str,
+    source: Path,
+    fmt: str | None = None,
+    os_hint: str = "",
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    cmdline: str = "",
+    ready_marker: str | None = None,
+    progress: Progress | None = None,
+) -> ImageView:
+    """Import ``source`` as base image ``name``: verified, converted to qcow2, read-only.
+
+    :param fmt: the source's format; detected (and verified) when ``None``.
+    :param kernel: a kernel for direct boot, copied into the image's directory.
+    :raise InvalidInput: a bad name or boot option.
+    :raise AlreadyExists: the name is taken.
+    :raise ImageError: the file is not an image corral accepts.
+    """
+    import re
+
+    from corral.storage.images import import_image as convert_in
+
+    if not re.match(NAME_PATTERN, name):
+        raise InvalidInput("name", f"{name!r} is not allowed; it must match {NAME_PATTERN}")
+    if initrd is not None and kernel is None:
+        raise InvalidInput("initrd", "an initrd needs a kernel")
+    if cmdline and kernel is None:
+        raise InvalidInput("cmdline", "a kernel command line needs a kernel")
+    BootSpec(kind="kernel", kernel="/k", cmdline=cmdline)  # same rules as a VM's cmdline
+    for field, path in (("kernel", kernel), ("initrd", initrd)):
+        if path is not None and not path.is_file():
+            raise InvalidInput(field, f"{path} is not a file")
+    if ready_marker is not None and (not ready_marker or "\n" in ready_marker):
+        raise InvalidInput("ready_marker", "must be one non-empty line")
+    with _lock(ctx, name):
+        with ctx.db.session() as session:
+            if session.scalars(select(ImageRow.id).where(ImageRow.name == name)).first():
+                raise AlreadyExists("image", name)
+        directory = ctx.home.image_dir(name)
+        shutil.rmtree(directory, ignore_errors=True)  # left by an interrupted import
+        directory.mkdir(mode=0o700, parents=True)
+        try:
+            imported = convert_in(source, directory / IMAGE_FILE, fmt, progress)
+            boot_files: dict[str, str | None] = {"kernel": None, "initrd": None}
+            for field, path in (("kernel", kernel), ("initrd", initrd)):
+                if path is not None:
+                    dest = directory / field
+                    shutil.copyfile(path, dest)
+                    dest.chmod(0o444)
+                    boot_files[field] = str(dest)
+            row = ImageRow(
+                id=str(uuid.uuid4()),
+                name=name,
+                path=str(imported.path),
+                source_format=imported.source_format,
+                virtual_size=imported.virtual_size,
+                actual_size=imported.actual_size,
+                sha256=imported.sha256,
+                os_hint=os_hint,
+                kernel=boot_files["kernel"],
+                initrd=boot_files["initrd"],
+                cmdline=cmdline,
+                ready_marker=ready_marker,
+            )
+            with ctx.db.session() as session:
+                session.add(row)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return _view(row, [])
+
+
+def list_images(ctx: Corral) -> list[ImageView]:
+    """All base images by name, each with the VMs cloned from it."""
+    with ctx.db.session() as session:
+        rows = list(session.scalars(select(ImageRow).order_by(ImageRow.name)))
+    return [_view(row, _users(ctx, row.name)) for row in rows]
+
+
+def get_image(ctx: Corral, name: str) -> ImageView:
+    """:raise NotFound: no image is called ``name``."""
+    with ctx.db.session() as session:
+        row = session.scalars(select(ImageRow).where(ImageRow.name == name)).first()
+    if row is None:
+        raise NotFound("image", name)
+    return _view(row, _users(ctx, name))
+
+
+def delete_image(ctx: Corral, name: str) -> None:
+    """Delete a base image no VM uses.
+
+    :raise NotFound: no such image.
+    :raise InUse: VMs are cloned from it.
+    """
+    with _lock(ctx, name):
+        users = _users(ctx, name)
+        with ctx.db.session() as session:
+            row = session.scalars(select(ImageRow).where(ImageRow.name == name)).first()
+            if row is None:
+                raise NotFound("image", name)
+            if users:
+                raise InUse("image", name, users)
+            session.delete(row)
+            session.flush()
+            shutil.rmtree(ctx.home.image_dir(name), ignore_errors=True)

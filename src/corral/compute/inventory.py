@@ -1,0 +1,177 @@
+"""What the VM list and ``info`` show: state, size, and the host resources each VM uses."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from corral.compute import records
+from corral.compute.context import Corral
+from corral.compute.lifecycle import vm_lock
+from corral.compute.records import Vm
+from corral.compute.state import VmState
+from corral.qemu import process
+from corral.store.models import VmRow
+
+
+@dataclass(frozen=True)
+class DiskView:
+    name: str
+    path: str
+    image: str | None
+    provisioned: int
+    used: int
+
+
+@dataclass(frozen=True)
+class VmView:
+    """One row of the VM list; ``info`` shows the same with its disks and files."""
+
+    name: str
+    uuid: str
+    state: str
+    reason: str
+    vcpus: int
+    memory: int
+    machine: str
+    image: str | None
+    provisioned: int
+    used: int
+    #: Host CPU use in percent of one core, while running.
+    host_cpu: float | None
+    #: Host resident memory in bytes, while running.
+    host_memory: int | None
+    pid: int | None
+    created_at: str
+    state_changed_at: str
+    disks: list[DiskView] = field(default_factory=list)
+    forwards: list[str] = field(default_factory=list)
+    console: str | None = None
+    vnc: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cpu_percent(vm: Vm, proc: process.QemuProcess, usage: process.Usage) -> float:
+    """CPU use since the previous sample (kept in the VM's directory), else since start."""
+    sample = Path(vm.paths.root) / "cpu.sample"
+    now = time.monotonic()
+    previous: tuple[float, float] | None = None
+    try:
+        data = json.loads(sample.read_text())
+        if data["pid"] == proc.pid and data["start"] == proc.start_ticks:
+            previous = (float(data["t"]), float(data["cpu"]))
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
+    try:
+        sample.write_text(
+            json.dumps({"pid": proc.pid, "start": proc.start_ticks, "t": now, "cpu": usage.cpu_seconds})
+        )
+    except OSError:
+        pass
+    if previous is not None and now - previous[0] > 0.05:
+        return 100.0 * (usage.cpu_seconds - previous[1]) / (now - previous[0])
+    age = process.process_age(proc)
+    return 100.0 * usage.cpu_seconds / age if age > 0 else 0.0
+
+
+def view(vm: Vm) -> VmView:
+    """The view of one VM as recorded (call :func:`records.reconcile` first for the truth)."""
+    from corral.storage.disks import disk_usage
+
+    disks = []
+    for disk in vm.spec.disks:
+        top = vm.paths.disks[disk.name].top.path
+        try:
+            usage = disk_usage(Path(top))
+            provisioned, used = usage.provisioned, usage.used
+        except (FileNotFoundError, ValueError):
+            provisioned = used = 0
+        disks.append(DiskView(disk.name, top, disk.image, provisioned, used))
+    host_cpu: float | None = None
+    host_memory: int | None = None
+    proc = vm.process
+    if proc is not None and vm.state.active:
+        usage = process.usage(proc)
+        if usage is not None:
+            host_cpu = round(_cpu_percent(vm, proc, usage), 1)
+            host_memory = usage.rss
+    row = vm.row
+    forwards = [
+        f"{f.protocol}:{f.host_addr}:{f.host_port}->{f.guest_port}"
+        for nic in vm.spec.nics
+        for f in nic.forwards
+    ]
+    vnc = None
+    if vm.spec.vnc is not None:
+        vnc = (
+            vm.paths.vnc_socket
+            if vm.spec.vnc.listen == "unix"
+            else f"127.0.0.1:{5900 + (vm.spec.vnc.display or 0)}"
+        )
+    return VmView(
+        name=row.name,
+        uuid=str(vm.spec.uuid),
+        state=row.state,
+        reason=row.reason,
+        vcpus=vm.spec.vcpus,
+        memory=vm.spec.memory,
+        machine=vm.spec.machine,
+        image=row.image,
+        provisioned=sum(d.provisioned for d in disks),
+        used=sum(d.used for d in disks),
+        host_cpu=host_cpu,
+        host_memory=host_memory,
+        pid=row.pid if vm.state.active else None,
+        created_at=row.created_at.isoformat(),
+        state_changed_at=row.state_changed_at.isoformat(),
+        disks=disks,
+        forwards=forwards,
+        console=vm.paths.serial_socket if vm.spec.serial.enabled else None,
+        vnc=vnc,
+    )
+
+
+def _reconciled(ctx: Corral, vm: Vm, ask_monitor: bool) -> None:
+    """Reconcile an active VM if no other command holds it (that command knows better)."""
+    if not (vm.state.active or vm.row.pid is not None):
+        return
+    lock = vm_lock(ctx, vm.name)
+    if lock.try_acquire():
+        try:
+            records.reconcile(vm, ask_monitor=ask_monitor)
+        finally:
+            lock.release()
+
+
+def list_vms(ctx: Corral, include_inactive: bool = False) -> list[VmView]:
+    """VMs by name: the active ones, or all with ``include_inactive``."""
+    out = []
+    with ctx.db.session() as session:
+        for row in session.scalars(select(VmRow).order_by(VmRow.name)):
+            vm = records.wrap(ctx, row)
+            _reconciled(ctx, vm, ask_monitor=False)
+            if include_inactive or vm.state.active:
+                out.append(view(vm))
+    return out
+
+
+def info(ctx: Corral, name: str) -> VmView:
+    """One VM, reconciled with the host (its QMP run state included).
+
+    :raise NotFound: there is no such VM.
+    """
+    with ctx.db.session() as session:
+        vm = records.load(ctx, session, name)
+        _reconciled(ctx, vm, ask_monitor=True)
+        return view(vm)
+
+
+def state_of(ctx: Corral, name: str) -> VmState:
+    return VmState(info(ctx, name).state)

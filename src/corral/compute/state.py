@@ -1,0 +1,106 @@
+"""The VM life cycle as an explicit state machine.
+
+::
+
+                 start              ready/QMP up
+    defined ──────────────> starting ──────────> running <──── resume ──── paused
+       ^                      │  │                │ │ │ ──── pause ────────> │
+       │              failure │  │ QEMU died      │ │ └─ stop ─> stopping    │
+    (create)                  v  v                │ │              │ │       │
+                          shutoff  crashed <──────┘ │ QEMU died    │ │       │
+                            ^  ^      ^             │              │ │       │
+                            │  └──────┼─── destroy / guest power-off ┘       │
+                            │         └──────────── QEMU died ───────────────┘
+                            └──────────── destroy ───────────────────────────┘
+
+Operations name the states they may start from (:data:`ALLOWED`); state changes are checked
+against :data:`TRANSITIONS`. A violation raises :class:`~corral.errors.StateError` naming the
+current state and the states the operation needs.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from corral.errors import StateError
+
+
+class VmState(StrEnum):
+    """Where a VM is in its life cycle."""
+
+    DEFINED = "defined"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+
+    @property
+    def active(self) -> bool:
+        """Whether a QEMU process is (or should be) running."""
+        return self in _ACTIVE
+
+
+_ACTIVE = frozenset({VmState.STARTING, VmState.RUNNING, VmState.PAUSED, VmState.STOPPING})
+
+
+class Op(StrEnum):
+    """User operations on a VM."""
+
+    START = "start"
+    STOP = "stop"
+    DESTROY = "destroy"
+    PAUSE = "pause"
+    RESUME = "resume"
+    REBOOT = "reboot"
+    DELETE = "delete"
+    CONSOLE = "console"
+
+
+S = VmState
+
+#: The states each operation may start from.
+ALLOWED: dict[Op, frozenset[VmState]] = {
+    Op.START: frozenset({S.DEFINED, S.SHUTOFF, S.CRASHED}),
+    Op.STOP: frozenset({S.RUNNING, S.STOPPING}),
+    Op.DESTROY: frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING}),
+    Op.PAUSE: frozenset({S.RUNNING}),
+    Op.RESUME: frozenset({S.PAUSED}),
+    Op.REBOOT: frozenset({S.RUNNING}),
+    Op.DELETE: frozenset({S.DEFINED, S.SHUTOFF, S.CRASHED}),
+    Op.CONSOLE: frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING}),
+}
+
+#: Every state change the system may make, by cause: user operations, QEMU exiting,
+#: the guest powering off, and reconciliation after an interrupted command.
+TRANSITIONS: dict[VmState, frozenset[VmState]] = {
+    S.DEFINED: frozenset({S.STARTING}),
+    S.STARTING: frozenset({S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED, S.DEFINED}),
+    S.RUNNING: frozenset({S.PAUSED, S.STOPPING, S.SHUTOFF, S.CRASHED}),
+    S.PAUSED: frozenset({S.RUNNING, S.SHUTOFF, S.CRASHED}),
+    S.STOPPING: frozenset({S.RUNNING, S.SHUTOFF, S.CRASHED}),
+    S.SHUTOFF: frozenset({S.STARTING}),
+    S.CRASHED: frozenset({S.STARTING, S.SHUTOFF}),
+}
+
+
+def require(vm: str, op: Op, current: VmState) -> None:
+    """Check that ``op`` may run on a VM in state ``current``.
+
+    :raise StateError: naming the current state and the states ``op`` needs.
+    """
+    allowed = ALLOWED[op]
+    if current not in allowed:
+        order = list(VmState)
+        raise StateError(vm, op.value, current.value, sorted(allowed, key=order.index))
+
+
+def check_transition(vm: str, current: VmState, new: VmState) -> None:
+    """Check that the state machine allows ``current`` -> ``new`` (a no-op change is allowed).
+
+    :raise StateError: when the table has no such edge.
+    """
+    if new != current and new not in TRANSITIONS[current]:
+        sources = [state.value for state in VmState if new in TRANSITIONS[state]]
+        raise StateError(vm, f"move to {new.value}", current.value, sources)

@@ -1,0 +1,399 @@
+"""The QEMU command line of one VM, built from its spec, the host's capabilities and its paths.
+
+:func:`build_argv` is pure: it reads no file, no environment and no clock, so the same inputs
+always give the same command line (golden tests in ``tests/golden/argv`` hold it to that).
+
+How the command line is shaped:
+
+- ``-nodefaults -no-user-config``: QEMU adds no device and reads no config file of its own;
+  every device is named here.
+- Structured options (``-blockdev``, ``-device``, ``-netdev``) are JSON, dumped with sorted keys,
+  so a user-supplied string is a JSON string and can never become an option.
+- The few options that only exist in QemuOpts form (``-chardev``, ``-vnc``, ``-name``) take
+  user-influenced values (paths) only through :func:`_opt`, which doubles commas, and only
+  behind an explicit ``key=`` (an implied first value would treat a ``=`` in a path as a key).
+- Disks are a chain of explicit nodes: a ``file`` node and a format node per layer, backing
+  layers read-only, and every qcow2 node's ``backing`` named (or ``null``), so QEMU never opens
+  a file because an image header asked for it.
+- Ids and node names come from the spec (disk and NIC names), never from counters.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from corral.config import MAX_SOCKET_PATH
+from corral.errors import HostError, InvalidInput
+from corral.host.caps import HostCaps
+from corral.qemu.paths import VmPaths
+from corral.spec.vm import DiskSpec, NicSpec, VmSpec
+from corral.units import MiB
+
+Bus = Literal["pci", "mmio"]
+
+#: JSON ``-netdev`` exists since QEMU 7.1 (verified on 7.2).
+MIN_QEMU = (7, 1, 0)
+#: QEMU's rule for node names and ids: a letter, then letters, digits, ``_.-``; 31 at most.
+NODE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")
+
+_QMP_CHARDEV = "charmonitor"
+_SERIAL_CHARDEV = "charserial0"
+_FW_CODE = "fw-code"
+_FW_VARS = "fw-vars"
+
+
+@dataclass(frozen=True)
+class _Cache:
+    """A cache mode as blockdev options plus the device's ``write-cache``, as libvirt maps it."""
+
+    direct: bool
+    no_flush: bool
+    write_cache: bool
+
+
+_CACHE = {
+    "writeback": _Cache(direct=False, no_flush=False, write_cache=True),
+    "none": _Cache(direct=True, no_flush=False, write_cache=True),
+    "writethrough": _Cache(direct=False, no_flush=False, write_cache=False),
+    "directsync": _Cache(direct=True, no_flush=False, write_cache=False),
+    "unsafe": _Cache(direct=False, no_flush=True, write_cache=True),
+}
+
+#: Device models per bus: microvm has no PCI; its virtio devices sit on virtio-mmio.
+_DISK_DRIVER: dict[Bus, str] = {"pci": "virtio-blk-pci", "mmio": "virtio-blk-device"}
+_NIC_DRIVER: dict[tuple[Bus, str], str] = {
+    ("pci", "virtio-net-pci"): "virtio-net-pci",
+    ("pci", "e1000"): "e1000",
+    ("mmio", "virtio-net-pci"): "virtio-net-device",
+}
+_VIDEO_DRIVER: dict[Bus, str] = {"pci": "VGA", "mmio": "virtio-gpu-device"}
+
+
+def build_argv(spec: VmSpec, caps: HostCaps, paths: VmPaths) -> list[str]:
+    """The complete QEMU command line for ``spec`` on this host; the binary comes first.
+
+    :param spec: the validated VM.
+    :param caps: what the host's QEMU can do (only read, never probed).
+    :param paths: where the VM's sockets, logs and disk chains are.
+    :raise InvalidInput: the spec asks for something no command line can express (a machine
+        type outside the pc, q35 and microvm families, an e1000 on microvm).
+    :raise HostError: the host lacks what the spec needs (OVMF for UEFI, a device model, a QEMU
+        new enough), or a socket path is too long for a UNIX socket.
+    :raise ValueError: ``paths`` does not match ``spec`` (a disk without files, a raw layer with
+        backing layers below it, no OVMF variable store): a bug in the caller.
+    """
+    if caps.qemu_version < MIN_QEMU:
+        have = ".".join(map(str, caps.qemu_version))
+        raise HostError(f"QEMU {have} is too old; corral needs QEMU 7.1 or newer")
+    vm = _Vm(spec, caps, paths, _bus(spec.machine))
+    argv = [caps.qemu_binary]
+    argv += _identity(spec)
+    argv += _hardening(caps, paths)
+    argv += _monitor(paths)
+    argv += _machine(vm)
+    argv += _boot(vm)
+    for index, disk in enumerate(spec.disks):
+        argv += _disk(vm, index, disk)
+    for index, nic in enumerate(spec.nics):
+        argv += _nic(vm, index, nic)
+    argv += _serial(vm)
+    argv += _display(vm)
+    return argv
+
+
+@dataclass(frozen=True)
+class _Vm:
+    """The inputs of one build, passed together to the per-concern builders."""
+
+    spec: VmSpec
+    caps: HostCaps
+    paths: VmPaths
+    #: Where devices plug in on the spec's machine type.
+    bus: Bus
+
+
+def _opt(value: str) -> str:
+    """Escape a value for a QemuOpts option string: a comma is written as two.
+
+    :param value: the value, as the user or the paths gave it.
+    """
+    return value.replace(",", ",,")
+
+
+def _json(value: Mapping[str, object]) -> str:
+    """Dump a JSON option deterministically: sorted keys, no spaces, ASCII only."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _device(caps: HostCaps, props: Mapping[str, object]) -> list[str]:
+    """``-device`` in JSON form, checked against the devices this QEMU has.
+
+    :raise HostError: the binary lacks the device model.
+    """
+    driver = str(props["driver"])
+    if driver not in caps.devices:
+        raise HostError(f"{caps.qemu_binary} has no device {driver!r}")
+    return ["-device", _json(props)]
+
+
+def _socket(path: str) -> str:
+    """Check that ``path`` fits a UNIX socket address.
+
+    :raise HostError: it is longer than ``sockaddr_un`` allows.
+    """
+    if len(path.encode()) > MAX_SOCKET_PATH:
+        raise HostError(
+            f"socket path {path!r} is {len(path.encode())} bytes; UNIX sockets allow "
+            f"{MAX_SOCKET_PATH}: choose a shorter state directory"
+        )
+    return path
+
+
+def _bus(machine: str) -> Bus:
+    """Where devices plug in on ``machine``: PCI for the pc and q35 families, MMIO on microvm.
+
+    :raise InvalidInput: the machine type is of another family.
+    """
+    if machine == "microvm":
+        return "mmio"
+    if machine in ("pc", "q35") or machine.startswith("pc-"):
+        return "pci"
+    raise InvalidInput(
+        "machine", f"{machine!r} is not supported; use pc, q35, microvm or a versioned pc-* type"
+    )
+
+
+def _identity(spec: VmSpec) -> list[str]:
+    """Name, UUID, and no devices or configuration that QEMU would add by itself."""
+    return [
+        "-name",
+        f"guest={_opt(spec.name)},debug-threads=on",
+        "-uuid",
+        str(spec.uuid),
+        "-nodefaults",
+        "-no-user-config",
+        "-msg",
+        "timestamp=on",
+    ]
+
+
+def _hardening(caps: HostCaps, paths: VmPaths) -> list[str]:
+    """Seccomp sandbox (when built in) and the pidfile."""
+    argv = []
+    if caps.seccomp:
+        argv += [
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]
+    return [*argv, "-pidfile", paths.pidfile]
+
+
+def _monitor(paths: VmPaths) -> list[str]:
+    """The QMP monitor on a UNIX socket that QEMU listens on without waiting for a client."""
+    path = _opt(_socket(paths.qmp_socket))
+    return [
+        "-chardev",
+        f"socket,id={_QMP_CHARDEV},path={path},server=on,wait=off",
+        "-mon",
+        f"chardev={_QMP_CHARDEV},id=monitor,mode=control",
+    ]
+
+
+def _cpu_model(spec: VmSpec, caps: HostCaps) -> str:
+    """The ``-cpu`` model: the spec's, else ``host`` under KVM, else ``qemu64`` under TCG."""
+    if spec.cpu is not None:
+        return spec.cpu
+    if caps.accel == "kvm":
+        return "host"
+    # Under TCG: qemu64 is QEMU's own default, written out so a persisted runtime does not
+    # change meaning with the QEMU version. It is what booted the reference guest 30 times out
+    # of 30 (docs: MACHINE.md); ``max`` turns on every feature TCG can emulate (la57 among
+    # them: 5-level paging costs every emulated page walk) and aborted under KVM on this
+    # hardware. Guests needing x86-64-v2 can name a model in the spec.
+    return "qemu64"
+
+
+def _machine(vm: _Vm) -> list[str]:
+    """Machine type (with the UEFI flash nodes), accelerator, CPU, memory, vCPUs."""
+    spec = vm.spec
+    machine = _opt(spec.machine)
+    if spec.boot.kind == "firmware" and spec.boot.firmware == "uefi":
+        machine += f",pflash0={_FW_CODE},pflash1={_FW_VARS}"
+    return [
+        "-machine",
+        machine,
+        "-accel",
+        vm.caps.accel,
+        "-cpu",
+        _cpu_model(spec, vm.caps),
+        "-m",
+        str(spec.memory // MiB),
+        "-smp",
+        str(spec.vcpus),
+    ]
+
+
+def _boot(vm: _Vm) -> list[str]:
+    """Kernel, initrd and command line for a direct boot; OVMF flash nodes for UEFI.
+
+    SeaBIOS needs nothing: it is the pc and q35 default. An uncompressed ELF kernel with a
+    PVH note boots through PVH with nothing more here. ``-kernel``, ``-initrd`` and ``-append``
+    take their value whole (no QemuOpts parsing), so they are not escaped.
+
+    :raise HostError: UEFI is asked for and the host has no OVMF.
+    :raise ValueError: UEFI is asked for and the paths have no variable store.
+    """
+    boot = vm.spec.boot
+    if boot.kind == "kernel":
+        assert boot.kernel is not None  # the spec guarantees it for kind "kernel"
+        argv = ["-kernel", boot.kernel]
+        if boot.initrd is not None:
+            argv += ["-initrd", boot.initrd]
+        if boot.cmdline:
+            argv += ["-append", boot.cmdline]
+        return argv
+    if boot.firmware == "bios":
+        return []
+    if vm.caps.ovmf_code is None:
+        raise HostError("UEFI boot needs OVMF firmware; install the ovmf package")
+    if vm.paths.ovmf_vars is None:
+        raise ValueError(f"vm {vm.spec.name!r}: UEFI boot needs paths.ovmf_vars")
+    return [
+        *_raw_node(_FW_CODE, vm.caps.ovmf_code, read_only=True),
+        *_raw_node(_FW_VARS, vm.paths.ovmf_vars, read_only=False),
+    ]
+
+
+def _raw_node(name: str, path: str, *, read_only: bool) -> list[str]:
+    """A raw image as a ``file`` node and a ``raw`` node named ``name`` (flash images)."""
+    file_node = f"{name}.file"
+    return [
+        "-blockdev",
+        _json({"driver": "file", "filename": path, "node-name": file_node, "read-only": read_only}),
+        "-blockdev",
+        _json({"driver": "raw", "file": file_node, "node-name": name, "read-only": read_only}),
+    ]
+
+
+def _node_name(disk: str, depth: int, kind: Literal["file", "fmt"]) -> str:
+    """The node name of one layer of a disk: ``<disk>.<depth>.<kind>``, depth 0 the top.
+
+    A disk name has no ``.``, so these never collide across disks or with the flash nodes.
+
+    :raise ValueError: the name breaks QEMU's node-name rules (a chain a billion layers deep).
+    """
+    name = f"{disk}.{depth}.{kind}"
+    if not NODE_NAME.match(name):
+        raise ValueError(f"node name {name!r} breaks QEMU's rules")
+    return name
+
+
+def _disk(vm: _Vm, index: int, disk: DiskSpec) -> list[str]:
+    """One disk: its node chain, deepest layer first (a node must exist before it is named as
+    a backing), then its virtio-blk device.
+
+    :raise ValueError: the paths have no chain for the disk, or a raw layer has layers below
+        it (raw cannot have a backing file).
+    """
+    files = vm.paths.disks.get(disk.name)
+    if files is None:
+        raise ValueError(f"vm {vm.spec.name!r}: paths.disks has no chain for disk {disk.name!r}")
+    chain = (files.top, *files.backing)
+    cache = _CACHE[disk.cache]
+    argv: list[str] = []
+    for depth in reversed(range(len(chain))):
+        layer = chain[depth]
+        common: dict[str, object] = {
+            "cache": {"direct": cache.direct, "no-flush": cache.no_flush},
+            "read-only": disk.readonly or depth > 0,
+        }
+        if depth == 0 and disk.discard and not disk.readonly:
+            common["discard"] = "unmap"
+        file_node = _node_name(disk.name, depth, "file")
+        fmt: dict[str, object] = {
+            "driver": layer.format,
+            "file": file_node,
+            "node-name": _node_name(disk.name, depth, "fmt"),
+            **common,
+        }
+        below = depth + 1 < len(chain)
+        if layer.format == "qcow2":
+            fmt["backing"] = _node_name(disk.name, depth + 1, "fmt") if below else None
+        elif below:
+            raise ValueError(f"disk {disk.name!r}: raw layer {layer.path!r} cannot have a backing")
+        file = {"driver": "file", "filename": layer.path, "node-name": file_node, **common}
+        argv += ["-blockdev", _json(file), "-blockdev", _json(fmt)]
+    device: dict[str, object] = {
+        "driver": _DISK_DRIVER[vm.bus],
+        "drive": _node_name(disk.name, 0, "fmt"),
+        "id": f"disk-{disk.name}",
+        "write-cache": "on" if cache.write_cache else "off",
+    }
+    if index == 0 and vm.spec.boot.kind == "firmware":
+        device["bootindex"] = 1
+    return argv + _device(vm.caps, device)
+
+
+def _nic(vm: _Vm, index: int, nic: NicSpec) -> list[str]:
+    """One NIC: a user-mode (slirp) netdev and its device.
+
+    :raise InvalidInput: the model needs PCI and the machine has none.
+    """
+    driver = _NIC_DRIVER.get((vm.bus, nic.model))
+    if driver is None:
+        raise InvalidInput(
+            f"nics.{index}.model", f"{nic.model!r} needs PCI; machine {vm.spec.machine!r} has none"
+        )
+    netdev_id = f"net-{nic.name}"
+    netdev: dict[str, object] = {"type": nic.kind, "id": netdev_id}
+    if nic.forwards:
+        netdev["hostfwd"] = [
+            {"str": f"{f.protocol}:{f.host_addr}:{f.host_port}-:{f.guest_port}"}
+            for f in nic.forwards
+        ]
+    if nic.restrict:
+        netdev["restrict"] = True
+    device: dict[str, object] = {
+        "driver": driver,
+        "netdev": netdev_id,
+        "id": f"nic-{nic.name}",
+        "mac": vm.spec.nic_mac(index),
+    }
+    if vm.bus == "pci":
+        # No iPXE option ROM: corral never boots from the network, and loading it is boot time.
+        device["romfile"] = ""
+    return ["-netdev", _json(netdev), *_device(vm.caps, device)]
+
+
+def _serial(vm: _Vm) -> list[str]:
+    """The serial console: a listening socket for one client, everything logged to a file."""
+    if not vm.spec.serial.enabled:
+        return []
+    chardev = (
+        f"socket,id={_SERIAL_CHARDEV},path={_opt(_socket(vm.paths.serial_socket))},server=on,"
+        f"wait=off,logfile={_opt(vm.paths.serial_log)},logappend=on"
+    )
+    device = {"driver": "isa-serial", "chardev": _SERIAL_CHARDEV, "id": "serial0"}
+    return ["-chardev", chardev, *_device(vm.caps, device)]
+
+
+def _display(vm: _Vm) -> list[str]:
+    """No display at all, or VNC on a UNIX socket or loopback with one video device.
+
+    ``-nodefaults`` already leaves the VM without VGA, so ``-vga none`` is never needed. The
+    VNC address goes behind an explicit ``vnc=``: as an implied first value, a path with a
+    ``=`` in it would be read as a key.
+    """
+    vnc = vm.spec.vnc
+    if vnc is None:
+        return ["-display", "none"]
+    if vnc.listen == "unix":
+        address = f"unix:{_opt(_socket(vm.paths.vnc_socket))}"
+    else:
+        address = f"127.0.0.1:{vnc.display}"
+    video = {"driver": _VIDEO_DRIVER[vm.bus], "id": "video0"}
+    return ["-vnc", f"vnc={address}", *_device(vm.caps, video)]

@@ -38,13 +38,17 @@ def parse_size(text: str | int, default_unit: str = "") -> int:
         return text * _UNITS[default_unit.lower()]
     match = _SIZE.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not a size; write a number with an optional unit (K, M, G, T)")
+        raise ValueError(
+            f"{text!r} is not a size; write a number with an optional unit (K, M, G, T)"
+        )
     number, unit = match.groups()
     if not unit:
         unit = default_unit
     factor = _UNITS.get(unit.lower())
     if factor is None:
-        raise ValueError(f"{text!r} has an unknown unit {unit!r}; use K, M, G or T (powers of 1024)")
+        raise ValueError(
+            f"{text!r} has an unknown unit {unit!r}; use K, M, G or T (powers of 1024)"
+        )
     value = float(number) * factor
     if value != int(value):
         raise ValueError(f"{text!r} is not a whole number of bytes")

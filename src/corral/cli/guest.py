@@ -16,7 +16,8 @@ guest_app = typer.Typer(help="Build the reference guest.", no_args_is_help=True)
 def build_cmd(
     force: Annotated[bool, typer.Option(help="Rebuild even if a cached build exists.")] = False,
     import_: Annotated[
-        bool, typer.Option("--import/--no-import", help="Import it into the catalogue as 'reference'.")
+        bool,
+        typer.Option("--import/--no-import", help="Import it into the catalogue as 'reference'."),
     ] = True,
 ) -> None:
     """Build the reference guest from Debian packages (cached by content hash)."""
@@ -25,6 +26,8 @@ def build_cmd(
 
     with open_corral() as ctx, phases("reference guest") as progress:
         guest, imported = ensure_reference(ctx, progress, force=force, import_image=import_)
-    render.out.print(f"reference guest {guest.key[:12]} (kernel {guest.kernel_version}) in {guest.dir}")
+    render.out.print(
+        f"reference guest {guest.key[:12]} (kernel {guest.kernel_version}) in {guest.dir}"
+    )
     if imported:
         render.out.print("imported as image 'reference'")

@@ -16,7 +16,9 @@ _STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
 @host_app.command("check")
 def check_cmd(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    refresh: Annotated[bool, typer.Option(help="Probe QEMU and KVM again instead of using the cache.")] = False,
+    refresh: Annotated[
+        bool, typer.Option(help="Probe QEMU and KVM again instead of using the cache.")
+    ] = False,
 ) -> None:
     """Validate the host for running VMs (like virt-host-validate)."""
     from corral.config import default_cache, default_home
@@ -31,7 +33,9 @@ def check_cmd(
         caps = None
     checks = run_checks(caps, default_home())
     if json_:
-        render.print_json([{"name": c.name, "status": c.status, "detail": c.detail} for c in checks])
+        render.print_json(
+            [{"name": c.name, "status": c.status, "detail": c.detail} for c in checks]
+        )
     else:
         render.table(
             None,

@@ -10,10 +10,15 @@ import typer
 from corral.cli import render
 from corral.cli.context import open_corral
 
-image_app = typer.Typer(help="Import, list, inspect, convert and delete base images.", no_args_is_help=True)
+image_app = typer.Typer(
+    help="Import, list, inspect, convert and delete base images.", no_args_is_help=True
+)
 
 Fmt = Annotated[
-    str | None, typer.Option("--format", "-f", help="Source format: raw, qcow2, vmdk or vdi (default: detected).")
+    str | None,
+    typer.Option(
+        "--format", "-f", help="Source format: raw, qcow2, vmdk or vdi (default: detected)."
+    ),
 ]
 
 
@@ -117,7 +122,9 @@ def delete_cmd(name: str) -> None:
 def convert_cmd(
     source: Annotated[Path, typer.Argument(help="Image file to read.")],
     dest: Annotated[Path, typer.Argument(help="File to write (must not exist).")],
-    to: Annotated[str, typer.Option("--to", "-O", help="Output format: qcow2, raw, vmdk or vdi.")] = "qcow2",
+    to: Annotated[
+        str, typer.Option("--to", "-O", help="Output format: qcow2, raw, vmdk or vdi.")
+    ] = "qcow2",
     fmt: Fmt = None,
 ) -> None:
     """Convert an image file to another format (the source is verified first)."""

@@ -33,7 +33,9 @@ Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Return once the gu
 
 @app.command("list")
 def list_cmd(
-    all_: Annotated[bool, typer.Option("--all", "-a", help="Include VMs that are not running.")] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", "-a", help="Include VMs that are not running.")
+    ] = False,
     json_: Json = False,
 ) -> None:
     """List VMs (running ones; --all for every VM)."""
@@ -46,7 +48,16 @@ def list_cmd(
         return
     render.table(
         None,
-        ["Name", "State", "vCPUs", "Memory", "Provisioned Space", "Used Space", "Host CPU", "Host Mem MiB"],
+        [
+            "Name",
+            "State",
+            "vCPUs",
+            "Memory",
+            "Provisioned Space",
+            "Used Space",
+            "Host CPU",
+            "Host Mem MiB",
+        ],
         (
             [
                 v.name,
@@ -66,11 +77,17 @@ def list_cmd(
 @app.command()
 def create(
     name: Name,
-    image: Annotated[str | None, typer.Option(help="Base image for the root disk (a linked clone).")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Base image for the root disk (a linked clone).")
+    ] = None,
     vcpus: Annotated[int, typer.Option(help="Virtual CPUs.")] = 1,
     memory: Annotated[str, typer.Option(help="Memory, e.g. 256M or 2G.")] = "512M",
-    disk_size: Annotated[str | None, typer.Option(help="Root disk size (grows the image's).")] = None,
-    data_disk: Annotated[list[str] | None, typer.Option(help="Add a blank disk of this size (repeatable).")] = None,
+    disk_size: Annotated[
+        str | None, typer.Option(help="Root disk size (grows the image's).")
+    ] = None,
+    data_disk: Annotated[
+        list[str] | None, typer.Option(help="Add a blank disk of this size (repeatable).")
+    ] = None,
     machine: Annotated[str, typer.Option(help="QEMU machine type.")] = "pc",
     cpu: Annotated[str | None, typer.Option(help="CPU model (default: host under KVM).")] = None,
     forward: Annotated[
@@ -114,7 +131,9 @@ def _took(seconds: float | None) -> str:
 def start(
     name: Name,
     wait: Wait = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the guest to be ready.")] = 120.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the guest to be ready.")
+    ] = 120.0,
 ) -> None:
     """Start a VM."""
     from corral.compute import lifecycle
@@ -128,7 +147,9 @@ def start(
 def stop(
     name: Name,
     timeout: Annotated[float, typer.Option(help="Seconds the guest gets to power off.")] = 60.0,
-    force: Annotated[bool, typer.Option("--force/--no-force", help="Force off after the timeout.")] = True,
+    force: Annotated[
+        bool, typer.Option("--force/--no-force", help="Force off after the timeout.")
+    ] = True,
 ) -> None:
     """Shut a VM down (ACPI power button; forced off after the timeout)."""
     from corral.compute import lifecycle
@@ -178,7 +199,9 @@ def resume(name: Name) -> None:
 def reboot(
     name: Name,
     wait: Wait = False,
-    timeout: Annotated[float, typer.Option(help="Seconds the guest gets to shut down before a reset.")] = 60.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds the guest gets to shut down before a reset.")
+    ] = 60.0,
 ) -> None:
     """Reboot a VM cleanly (ACPI shutdown, then reset; reset anyway after the timeout)."""
     from corral.compute import lifecycle
@@ -191,7 +214,9 @@ def reboot(
 @app.command()
 def delete(
     name: Name,
-    keep_disks: Annotated[bool, typer.Option(help="Keep the disks (moved to the state dir's disks/).")] = False,
+    keep_disks: Annotated[
+        bool, typer.Option(help="Keep the disks (moved to the state dir's disks/).")
+    ] = False,
 ) -> None:
     """Delete a VM that is not running, with its disks."""
     from corral.compute.define import delete as do_delete
@@ -235,7 +260,10 @@ def info(name: Name, json_: Json = False) -> None:
     render.table(
         None,
         ["Disk", "Image", "Provisioned Space", "Used Space", "File"],
-        ([d.name, d.image or "-", render.size(d.provisioned), render.size(d.used), d.path] for d in v.disks),
+        (
+            [d.name, d.image or "-", render.size(d.provisioned), render.size(d.used), d.path]
+            for d in v.disks
+        ),
     )
 
 

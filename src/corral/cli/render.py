@@ -44,7 +44,11 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[str
     """A simple table; numeric-looking columns are right-aligned by the caller's choice."""
     tbl = Table(title=title, title_justify="left", header_style="bold")
     for column in columns:
-        justify = "right" if column.endswith(("CPUs", "Memory", "Space", "CPU", "MiB", "Size")) else "left"
+        justify = (
+            "right"
+            if column.endswith(("CPUs", "Memory", "Space", "CPU", "MiB", "Size"))
+            else "left"
+        )
         tbl.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in rows:
         tbl.add_row(*row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -69,12 +70,12 @@ def _cpu_percent(vm: Vm, proc: process.QemuProcess, usage: process.Usage) -> flo
             previous = (float(data["t"]), float(data["cpu"]))
     except (FileNotFoundError, ValueError, KeyError):
         pass
-    try:
+    with contextlib.suppress(OSError):
         sample.write_text(
-            json.dumps({"pid": proc.pid, "start": proc.start_ticks, "t": now, "cpu": usage.cpu_seconds})
+            json.dumps(
+                {"pid": proc.pid, "start": proc.start_ticks, "t": now, "cpu": usage.cpu_seconds}
+            )
         )
-    except OSError:
-        pass
     if previous is not None and now - previous[0] > 0.05:
         return 100.0 * (usage.cpu_seconds - previous[1]) / (now - previous[0])
     age = process.process_age(proc)

@@ -111,9 +111,7 @@ def _wait_ready(vm: Vm, proc: process.QemuProcess, offset: int, timeout: float) 
     )
 
 
-def stop(
-    ctx: Corral, name: str, timeout: float = STOP_TIMEOUT, force: bool = True
-) -> Outcome:
+def stop(ctx: Corral, name: str, timeout: float = STOP_TIMEOUT, force: bool = True) -> Outcome:
     """Shut a VM down through ACPI; after ``timeout`` seconds, force it off if ``force``.
 
     :raise StateError: the VM is not running.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,14 +114,10 @@ def find_process(vm: Vm) -> process.QemuProcess | None:
         return proc if process.is_alive(proc) else None
     root = Path(vm.paths.root)
     candidates: list[int] = []
-    try:
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
         candidates.append(int(json.loads((root / "runtime.json").read_text())["pid"]))
-    except (FileNotFoundError, ValueError, KeyError):
-        pass
-    try:
+    with contextlib.suppress(FileNotFoundError, ValueError):
         candidates.append(int(Path(vm.paths.pidfile).read_text().strip()))
-    except (FileNotFoundError, ValueError):
-        pass
     for pid in candidates:
         ticks = process.start_ticks(pid)
         if ticks is None:

@@ -92,8 +92,7 @@ def require(vm: str, op: Op, current: VmState) -> None:
     """
     allowed = ALLOWED[op]
     if current not in allowed:
-        order = list(VmState)
-        raise StateError(vm, op.value, current.value, sorted(allowed, key=order.index))
+        raise StateError(vm, op.value, current.value, [s.value for s in VmState if s in allowed])
 
 
 def check_transition(vm: str, current: VmState, new: VmState) -> None:

@@ -9,6 +9,7 @@ private event loop for the life of one connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -74,10 +75,9 @@ class Monitor:
     def close(self) -> None:
         """Disconnect (idempotent)."""
         if self._client is not None:
-            try:
+            # A failed disconnect leaves nothing to clean up.
+            with contextlib.suppress(Exception):
                 self._run(self._client.disconnect(), timeout=5.0)
-            except Exception:  # noqa: S110 - a failed disconnect leaves nothing to clean up
-                pass
             self._client = None
         if not self._loop.is_closed():
             self._loop.close()
@@ -94,9 +94,11 @@ class Monitor:
         try:
             return self._run(self._client.execute(command, arguments))
         except ExecuteError as exc:
-            raise MonitorError(command, exc.error.desc, arguments, exc.error.class_) from exc
+            raise MonitorError(command, exc.error.error.desc, arguments, exc.error_class) from exc
         except TimeoutError as exc:
-            raise MonitorError(command, f"no answer within {self.timeout:.0f} s", arguments) from exc
+            raise MonitorError(
+                command, f"no answer within {self.timeout:.0f} s", arguments
+            ) from exc
         except Exception as exc:
             raise MonitorError(command, str(exc) or type(exc).__name__, arguments) from exc
 

@@ -28,7 +28,8 @@ from corral.qemu.paths import VmPaths
 #: Runs QEMU ("$@") and records its exit status atomically. No user data is interpolated:
 #: the argv travels as positional parameters and the record's path in the environment.
 _SUPERVISOR = (
-    '"$@"; rc=$?; printf "%s\\n" "$rc" > "$CORRAL_EXIT.tmp" && mv -f "$CORRAL_EXIT.tmp" "$CORRAL_EXIT"'
+    '"$@"; rc=$?; '
+    'printf "%s\\n" "$rc" > "$CORRAL_EXIT.tmp" && mv -f "$CORRAL_EXIT.tmp" "$CORRAL_EXIT"'
 )
 #: A log larger than this is rotated (to ``.1``) when the VM starts.
 _ROTATE_BYTES = 8 * 1024 * 1024

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from uuid import UUID, uuid4
 from typing import Annotated, Literal
+from uuid import UUID, uuid4
 
 from pydantic import (
     BaseModel,

@@ -1,0 +1,661 @@
+"""The functional KVM self-test: does a guest actually *run* under ``-accel kvm`` here?
+
+``/dev/kvm`` existing, opening and answering ``KVM_CREATE_VM`` is not proof that guests work.
+This module boots a tiny hand-assembled payload with QEMU and accepts KVM only when the payload
+reports success on the serial port and leaves QEMU through ``isa-debug-exit`` with the expected
+status, within a short deadline.
+
+The payload (built by :func:`build_payload`, a Multiboot v1 image that QEMU's ``-kernel`` loader
+enters in 32-bit protected mode) does, in order, printing one stage line on COM1 after each step:
+
+1. ``S1``: checks with CPUID that long mode exists, loads its own GDT;
+2. ``S2``: builds identity page tables (1 GiB of 2 MiB pages), enables PAE, sets EFER.LME,
+   enables paging, far-jumps into a 64-bit code segment and checks EFER.LMA;
+3. ``S3``: runs a loop of 64 M instructions (``2**24`` iterations of add / store / dec / jnz) and
+   checks its arithmetic result against the value computed here;
+4. ``S4``: installs a 64-bit IDT, remaps the 8259 PIC, programs the PIT at ~1 kHz, and waits
+   with ``sti; hlt`` for two timer interrupts;
+
+then writes :data:`MARKER` and exits QEMU with :data:`OK_STATUS`.
+
+What discriminates on the development machines (measured, Debian 12 host whose KVM is the
+``kvm_pvm`` module, CPU flags without ``vmx``/``svm``):
+
+- A real Debian 6.1 kernel prints ``Probing EDD`` and then appears to hang. It does not hang: the
+  monitor shows it in 64-bit mode inside the decompressor, its registers moving, but slowly. Guest
+  kernel code is executed at roughly 2 M instructions per second there (an instruction
+  emulator, not the CPU), so decompressing a kernel would take hours.
+- A payload that only reaches 64-bit mode and prints a marker *passes* there (SeaBIOS and the
+  mode switches take about 2.3 s instead of 0.1 s, but they finish). So reaching long mode is not
+  enough: the self-test must also measure that guest code runs at native speed.
+- The work loop of stage 3 is the discriminator: 64 M instructions take about 10 ms natively and
+  about 30 ms under TCG, but about 30 s at the speed measured there; the 3 s deadline fails it,
+  with a reason naming the last stage reached. Timer interrupts (stage 4) work there.
+- ``-cpu host`` / ``-cpu max`` did not abort with this payload there (MSR 0x10a is only read by
+  guests that look for it), so the test runs with the CPU model corral uses, default
+  :data:`DEFAULT_CPU`; a QEMU that aborts is reported with its last line of stderr.
+
+A working KVM passes the whole test in well under a second (most of it QEMU start-up and SeaBIOS).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: What the payload prints when every stage passed.
+MARKER = b"KVMOK64\n"
+#: Value the payload writes to ``isa-debug-exit`` on success, and QEMU's resulting exit status.
+OK_VALUE = 0x2A
+OK_STATUS = (OK_VALUE << 1) | 1
+#: Value written on a detected failure (after an ``F:...`` line), and the resulting status.
+FAIL_VALUE = 0x15
+FAIL_STATUS = (FAIL_VALUE << 1) | 1
+#: I/O port of the ``isa-debug-exit`` device the test adds.
+DEBUG_EXIT_PORT = 0xF4
+#: CPU model used for the test unless told otherwise: conservative, accepted by KVM and TCG.
+DEFAULT_CPU = "qemu64"
+#: Deadline for one run of the payload.
+DEFAULT_TIMEOUT = 3.0
+#: Iterations of the stage-3 loop (4 instructions each).
+DEFAULT_WORK = 1 << 24
+#: Timer interrupts stage 4 waits for.
+TIMER_TICKS = 2
+
+#: Stage lines in the order the payload prints them, with what reaching them means.
+STAGES: tuple[tuple[bytes, str], ...] = (
+    (b"S1\n", "entered 32-bit protected mode"),
+    (b"S2\n", "reached 64-bit long mode"),
+    (b"S3\n", "finished its work loop"),
+    (b"S4\n", "received timer interrupts"),
+)
+#: Failure lines the payload may print, and what they mean.
+FAILURES: dict[bytes, str] = {
+    b"F:NOLM\n": "the virtual CPU has no long mode (CPUID 0x80000001 EDX bit 29)",
+    b"F:NOLMA\n": "EFER.LMA is clear after enabling paging: long mode not active",
+    b"F:SUM\n": "the work loop computed a wrong result",
+    b"F:EXC\n": "the payload took an unexpected CPU exception",
+}
+
+# Guest-physical layout. QEMU's multiboot loader puts the image at BASE and its own boot
+# information after the end of our BSS, so everything below _BSS_END is ours.
+_BASE = 0x100000  # load address of the image (1 MiB)
+_PML4 = 0x102000  # page-map level 4 (one entry used)
+_PDPT = 0x103000  # page-directory-pointer table (one entry used)
+_PD = 0x104000  # page directory: 512 entries of 2 MiB pages = the first 1 GiB, identity
+_IDT = 0x105000  # 256 interrupt gates of 16 bytes
+_STACK_TOP = 0x108000  # stack grows down from here (0x106000..0x108000)
+_BSS_END = _STACK_TOP
+_MAX_IMAGE = _PML4 - _BASE  # the image must not overlap the page tables
+
+_SEL_CODE64 = 0x08
+_SEL_DATA = 0x10
+_SEL_CODE32 = 0x18
+
+_MB_MAGIC = 0x1BADB002
+_MB_FLAG_AOUT_KLUDGE = 0x00010000  # header carries load addresses: no ELF needed
+
+_MSR_EFER = 0xC0000080
+_EFER_LME = 1 << 8
+_EFER_LMA = 1 << 10
+_CR4_PAE = 1 << 5
+_CR0_PG = 1 << 31
+_PIT_HZ = 1_193_182
+_PIT_DIVISOR = _PIT_HZ // 1000
+
+
+@dataclass(frozen=True)
+class KvmVerdict:
+    """Whether KVM can run guests here, and why (not)."""
+
+    #: True when the payload passed under KVM.
+    usable: bool
+    #: What happened, in one line (why KVM is not usable, or what passed).
+    reason: str
+    #: Wall time of the test run (0 when no guest was started).
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PayloadRun:
+    """The raw outcome of one run of the payload under QEMU."""
+
+    #: QEMU's exit status (negative: killed by that signal), None if it was killed at the deadline.
+    exitcode: int | None
+    #: Everything the payload wrote to its serial port.
+    serial: bytes
+    #: QEMU's standard error.
+    stderr: str
+    #: Wall time from start to exit (or kill).
+    seconds: float
+    #: The deadline used.
+    timeout: float
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("<I", value & 0xFFFFFFFF)
+
+
+class _Asm:
+    """A byte buffer with labels: the instructions themselves are hand-encoded by the caller."""
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.buf = bytearray()
+        self.labels: dict[str, int] = {}
+        self.fixups: list[tuple[str, int, str]] = []
+
+    def label(self, name: str) -> None:
+        self.labels[name] = self.base + len(self.buf)
+
+    def emit(self, *parts: bytes) -> None:
+        for part in parts:
+            self.buf += part
+
+    def rel8(self, opcode: bytes, target: str) -> None:
+        """``opcode`` followed by a signed 8-bit displacement to ``target``."""
+        self.buf += opcode + b"\0"
+        self.fixups.append(("rel8", len(self.buf) - 1, target))
+
+    def rel32(self, opcode: bytes, target: str) -> None:
+        """``opcode`` followed by a signed 32-bit displacement to ``target``."""
+        self.buf += opcode + b"\0\0\0\0"
+        self.fixups.append(("rel32", len(self.buf) - 4, target))
+
+    def abs32(self, opcode: bytes, target: str, tail: bytes = b"") -> None:
+        """``opcode``, the 32-bit absolute address of ``target``, then ``tail``."""
+        self.buf += opcode + b"\0\0\0\0"
+        self.fixups.append(("abs32", len(self.buf) - 4, target))
+        self.buf += tail
+
+    def link(self) -> bytes:
+        for kind, offset, target in self.fixups:
+            address = self.labels[target]
+            if kind == "abs32":
+                self.buf[offset : offset + 4] = _u32(address)
+                continue
+            size = 1 if kind == "rel8" else 4
+            delta = address - (self.base + offset + size)
+            if size == 1:
+                if not -128 <= delta < 128:
+                    raise ValueError(f"short jump to {target} out of range ({delta})")
+                self.buf[offset] = delta & 0xFF
+            else:
+                self.buf[offset : offset + 4] = struct.pack("<i", delta)
+        return bytes(self.buf)
+
+
+def work_checksum(iterations: int) -> int:
+    """The value the stage-3 loop leaves in EAX: the sum of ``iterations .. 1`` modulo 2**32.
+
+    :param iterations: loop count, at least 1.
+    """
+    return (iterations * (iterations + 1) // 2) & 0xFFFFFFFF
+
+
+def build_payload(work: int = DEFAULT_WORK, ticks: int = TIMER_TICKS) -> bytes:
+    """The self-test payload as a flat Multiboot v1 image (a.out kludge), to load at 1 MiB.
+
+    Every instruction is encoded by hand below; the comment beside it is its assembly.
+
+    :param work: iterations of the stage-3 loop (1 .. 2**32-1).
+    :param ticks: timer interrupts stage 4 waits for (1 .. 127).
+    :raise ValueError: a parameter is out of range.
+    """
+    if not 1 <= work < (1 << 32):
+        raise ValueError(f"work must be in 1 .. 2**32-1, not {work}")
+    if not 1 <= ticks < 128:
+        raise ValueError(f"ticks must be in 1 .. 127, not {ticks}")
+    a = _Asm(_BASE)
+
+    # --- Multiboot v1 header (must lie in the first 8 KiB, 4-byte aligned) -------------------
+    flags = _MB_FLAG_AOUT_KLUDGE
+    a.emit(_u32(_MB_MAGIC), _u32(flags), _u32(-(_MB_MAGIC + flags)))  # magic, flags, checksum
+    a.emit(_u32(_BASE))  # header_addr: where this header is loaded (file offset 0)
+    a.emit(_u32(_BASE))  # load_addr: load the file from its start, at 1 MiB
+    a.abs32(b"", "image_end")  # load_end_addr: end of the file's data
+    a.emit(_u32(_BSS_END))  # bss_end_addr: reserve page tables, IDT and stack
+    a.abs32(b"", "entry32")  # entry_addr
+
+    # --- Data ---------------------------------------------------------------------------------
+    a.label("gdt")
+    a.emit(struct.pack("<Q", 0))  # 0x00 null descriptor
+    a.emit(struct.pack("<Q", 0x00AF9A000000FFFF))  # 0x08 code, 64-bit (L=1), DPL 0
+    a.emit(struct.pack("<Q", 0x00CF92000000FFFF))  # 0x10 data, flat 4 GiB, writable
+    a.emit(struct.pack("<Q", 0x00CF9A000000FFFF))  # 0x18 code, 32-bit (D=1), flat 4 GiB
+    a.label("gdtr")
+    a.emit(struct.pack("<H", 4 * 8 - 1))  # limit
+    a.abs32(b"", "gdt", b"\0\0")  # base (+ padding)
+    a.label("idtr")
+    a.emit(struct.pack("<HQ", 256 * 16 - 1, _IDT))  # limit, 64-bit base
+    a.label("ticks")
+    a.emit(_u32(0))  # incremented by the timer interrupt handler
+    a.label("scratch")
+    a.emit(_u32(0))  # the work loop stores here
+    for name, text in (
+        ("s1", STAGES[0][0]),
+        ("s2", STAGES[1][0]),
+        ("s3", STAGES[2][0]),
+        ("s4", STAGES[3][0]),
+        ("ok", MARKER),
+        ("f_nolm", b"F:NOLM\n"),
+        ("f_nolma", b"F:NOLMA\n"),
+        ("f_sum", b"F:SUM\n"),
+        ("f_exc", b"F:EXC\n"),
+    ):
+        a.label(name)
+        a.emit(text, b"\0")
+
+    # --- Subroutines, valid in both 32-bit and 64-bit mode (same encodings, no REX) -----------
+    # puts: write the NUL-terminated string at ESI to COM1. Clobbers EAX, EDX, ESI.
+    a.label("puts")
+    a.emit(b"\xba", _u32(0x3F8))  # mov edx, 0x3f8        ; COM1 data port
+    a.label("puts_loop")
+    a.emit(b"\xac")  # lodsb                 ; al = [esi++]
+    a.emit(b"\x84\xc0")  # test al, al
+    a.rel8(b"\x74", "puts_done")  # jz puts_done
+    a.emit(b"\xee")  # out dx, al            ; QEMU's UART needs no THRE polling
+    a.rel8(b"\xeb", "puts_loop")  # jmp puts_loop
+    a.label("puts_done")
+    a.emit(b"\xc3")  # ret
+    # fail: print the string at ESI, then exit QEMU with FAIL_STATUS.
+    a.label("fail")
+    a.rel32(b"\xe8", "puts")  # call puts
+    a.emit(b"\xba", _u32(DEBUG_EXIT_PORT))  # mov edx, 0xf4
+    a.emit(b"\xb8", _u32(FAIL_VALUE))  # mov eax, FAIL_VALUE
+    a.emit(b"\xef")  # out dx, eax           ; QEMU exits here
+    a.label("halt")
+    a.emit(b"\xfa")  # cli
+    a.emit(b"\xf4")  # hlt
+    a.rel8(b"\xeb", "halt")  # jmp halt
+
+    # --- Stage 1: 32-bit protected mode, as Multiboot leaves it -------------------------------
+    a.label("entry32")
+    a.emit(b"\xfa")  # cli
+    a.emit(b"\xfc")  # cld                   ; lodsb/stosd count upwards
+    a.emit(b"\xbc", _u32(_STACK_TOP))  # mov esp, STACK_TOP
+    a.abs32(b"\x0f\x01\x15", "gdtr")  # lgdt [gdtr]           ; Multiboot's GDT is not ours
+    a.abs32(b"\xea", "flat32", struct.pack("<H", _SEL_CODE32))  # jmp 0x18:flat32
+    a.label("flat32")
+    a.emit(b"\xb8", _u32(_SEL_DATA))  # mov eax, 0x10
+    a.emit(b"\x8e\xd8")  # mov ds, ax
+    a.emit(b"\x8e\xc0")  # mov es, ax
+    a.emit(b"\x8e\xd0")  # mov ss, ax
+    a.emit(b"\x8e\xe0")  # mov fs, ax
+    a.emit(b"\x8e\xe8")  # mov gs, ax
+    a.abs32(b"\xbe", "s1")  # mov esi, s1
+    a.rel32(b"\xe8", "puts")  # call puts
+    # Long mode present? CPUID 0x80000000 gives the highest extended leaf.
+    a.emit(b"\xb8", _u32(0x80000000))  # mov eax, 0x80000000
+    a.emit(b"\x0f\xa2")  # cpuid
+    a.emit(b"\x3d", _u32(0x80000001))  # cmp eax, 0x80000001
+    a.rel8(b"\x72", "no_lm")  # jb no_lm
+    a.emit(b"\xb8", _u32(0x80000001))  # mov eax, 0x80000001
+    a.emit(b"\x0f\xa2")  # cpuid
+    a.emit(b"\x0f\xba\xe2\x1d")  # bt edx, 29            ; CF = long mode
+    a.rel8(b"\x72", "have_lm")  # jc have_lm
+    a.label("no_lm")
+    a.abs32(b"\xbe", "f_nolm")  # mov esi, f_nolm
+    a.rel32(b"\xe9", "fail")  # jmp fail
+
+    # --- Stage 2: page tables, PAE, EFER.LME, paging, far jump to 64-bit code ----------------
+    a.label("have_lm")
+    a.emit(b"\xbf", _u32(_PML4))  # mov edi, PML4
+    a.emit(b"\xb9", _u32(3 * 4096 // 4))  # mov ecx, 3072         ; dwords in PML4+PDPT+PD
+    a.emit(b"\x31\xc0")  # xor eax, eax
+    a.emit(b"\xf3\xab")  # rep stosd             ; zero the three tables
+    a.emit(b"\xc7\x05", _u32(_PML4), _u32(_PDPT | 0x3))  # mov dword [PML4], PDPT|P|W
+    a.emit(b"\xc7\x05", _u32(_PDPT), _u32(_PD | 0x3))  # mov dword [PDPT], PD|P|W
+    a.emit(b"\xbf", _u32(_PD))  # mov edi, PD
+    a.emit(b"\xb8", _u32(0x83))  # mov eax, 0x83         ; 2 MiB page at 0: P|W|PS
+    a.emit(b"\xb9", _u32(512))  # mov ecx, 512
+    a.label("pd_loop")
+    a.emit(b"\x89\x07")  # mov [edi], eax        ; low dword of the entry (high stays 0)
+    a.emit(b"\x05", _u32(0x200000))  # add eax, 0x200000     ; next 2 MiB frame
+    a.emit(b"\x83\xc7\x08")  # add edi, 8
+    a.rel8(b"\xe2", "pd_loop")  # loop pd_loop
+    a.emit(b"\x0f\x20\xe0")  # mov eax, cr4
+    a.emit(b"\x0d", _u32(_CR4_PAE))  # or eax, CR4.PAE
+    a.emit(b"\x0f\x22\xe0")  # mov cr4, eax
+    a.emit(b"\xb8", _u32(_PML4))  # mov eax, PML4
+    a.emit(b"\x0f\x22\xd8")  # mov cr3, eax
+    a.emit(b"\xb9", _u32(_MSR_EFER))  # mov ecx, IA32_EFER
+    a.emit(b"\x0f\x32")  # rdmsr
+    a.emit(b"\x0d", _u32(_EFER_LME))  # or eax, EFER.LME
+    a.emit(b"\x0f\x30")  # wrmsr
+    a.emit(b"\x0f\x20\xc0")  # mov eax, cr0
+    a.emit(b"\x0d", _u32(_CR0_PG))  # or eax, CR0.PG        ; long mode becomes active
+    a.emit(b"\x0f\x22\xc0")  # mov cr0, eax
+    a.abs32(b"\xea", "entry64", struct.pack("<H", _SEL_CODE64))  # jmp 0x08:entry64
+
+    # --- 64-bit code from here on ---------------------------------------------------------------
+    a.label("entry64")
+    a.emit(b"\xb8", _u32(_SEL_DATA))  # mov eax, 0x10
+    a.emit(b"\x8e\xd8")  # mov ds, ax
+    a.emit(b"\x8e\xc0")  # mov es, ax
+    a.emit(b"\x8e\xd0")  # mov ss, ax
+    a.emit(b"\xbc", _u32(_STACK_TOP))  # mov esp, STACK_TOP    ; zero-extends into rsp
+    a.emit(b"\xb9", _u32(_MSR_EFER))  # mov ecx, IA32_EFER
+    a.emit(b"\x0f\x32")  # rdmsr
+    a.emit(b"\xa9", _u32(_EFER_LMA))  # test eax, EFER.LMA
+    a.rel8(b"\x75", "lma_ok")  # jnz lma_ok
+    a.abs32(b"\xbe", "f_nolma")  # mov esi, f_nolma
+    a.rel32(b"\xe9", "fail")  # jmp fail
+    a.label("lma_ok")
+    a.abs32(b"\xbe", "s2")  # mov esi, s2
+    a.rel32(b"\xe8", "puts")  # call puts
+
+    # --- Stage 3: work at native speed, with a result we can check ----------------------------
+    a.abs32(b"\xbf", "scratch")  # mov edi, scratch
+    a.emit(b"\x31\xc0")  # xor eax, eax
+    a.emit(b"\xb9", _u32(work))  # mov ecx, work
+    a.label("work_loop")
+    a.emit(b"\x01\xc8")  # add eax, ecx
+    a.emit(b"\x89\x07")  # mov [rdi], eax
+    a.emit(b"\xff\xc9")  # dec ecx
+    a.rel8(b"\x75", "work_loop")  # jnz work_loop
+    a.emit(b"\x3d", _u32(work_checksum(work)))  # cmp eax, expected sum
+    a.rel8(b"\x74", "sum_ok")  # je sum_ok
+    a.abs32(b"\xbe", "f_sum")  # mov esi, f_sum
+    a.rel32(b"\xe9", "fail")  # jmp fail
+    a.label("sum_ok")
+    a.abs32(b"\xbe", "s3")  # mov esi, s3
+    a.rel32(b"\xe8", "puts")  # call puts
+
+    # --- Stage 4: IDT, PIC, PIT, sti; hlt until timer interrupts arrive -----------------------
+    # IDT: vectors 0..31 (exceptions) -> exc_handler, 32..255 -> irq_handler; 64-bit gates.
+    a.emit(b"\xbf", _u32(_IDT))  # mov edi, IDT
+    a.emit(b"\x31\xc9")  # xor ecx, ecx          ; vector number
+    a.label("idt_loop")
+    a.abs32(b"\xb8", "exc_handler")  # mov eax, exc_handler
+    a.emit(b"\x83\xf9\x20")  # cmp ecx, 32
+    a.rel8(b"\x72", "idt_store")  # jb idt_store
+    a.abs32(b"\xb8", "irq_handler")  # mov eax, irq_handler
+    a.label("idt_store")
+    a.emit(b"\x66\x89\x07")  # mov [rdi], ax         ; offset 15..0
+    a.emit(b"\x66\xc7\x47\x02", struct.pack("<H", _SEL_CODE64))  # mov word [rdi+2], 0x08
+    a.emit(b"\x66\xc7\x47\x04\x00\x8e")  # mov word [rdi+4], 0x8e00 ; P, DPL 0, interrupt gate
+    a.emit(b"\xc1\xe8\x10")  # shr eax, 16
+    a.emit(b"\x66\x89\x47\x06")  # mov [rdi+6], ax       ; offset 31..16
+    a.emit(b"\xc7\x47\x08", _u32(0))  # mov dword [rdi+8], 0  ; offset 63..32
+    a.emit(b"\xc7\x47\x0c", _u32(0))  # mov dword [rdi+12], 0 ; reserved
+    a.emit(b"\x48\x83\xc7\x10")  # add rdi, 16
+    a.emit(b"\xff\xc1")  # inc ecx
+    a.emit(b"\x81\xf9", _u32(256))  # cmp ecx, 256
+    a.rel8(b"\x75", "idt_loop")  # jne idt_loop
+    a.abs32(b"\x0f\x01\x1c\x25", "idtr")  # lidt [idtr]           ; absolute disp32 via SIB
+    # 8259 PIC: IRQ 0-7 -> vectors 0x20-0x27, 8-15 -> 0x28-0x2f; only IRQ 0 (PIT) unmasked.
+    a.emit(b"\xb0\x11")  # mov al, 0x11          ; ICW1: edge, cascade, ICW4 follows
+    a.emit(b"\xe6\x20")  # out 0x20, al
+    a.emit(b"\xe6\xa0")  # out 0xa0, al
+    a.emit(b"\xb0\x20")  # mov al, 0x20          ; ICW2 master: vector base 0x20
+    a.emit(b"\xe6\x21")  # out 0x21, al
+    a.emit(b"\xb0\x28")  # mov al, 0x28          ; ICW2 slave: vector base 0x28
+    a.emit(b"\xe6\xa1")  # out 0xa1, al
+    a.emit(b"\xb0\x04")  # mov al, 4             ; ICW3 master: slave on IRQ 2
+    a.emit(b"\xe6\x21")  # out 0x21, al
+    a.emit(b"\xb0\x02")  # mov al, 2             ; ICW3 slave: cascade identity 2
+    a.emit(b"\xe6\xa1")  # out 0xa1, al
+    a.emit(b"\xb0\x01")  # mov al, 1             ; ICW4: 8086 mode
+    a.emit(b"\xe6\x21")  # out 0x21, al
+    a.emit(b"\xe6\xa1")  # out 0xa1, al
+    a.emit(b"\xb0\xfe")  # mov al, 0xfe          ; OCW1 master: mask all but IRQ 0
+    a.emit(b"\xe6\x21")  # out 0x21, al
+    a.emit(b"\xb0\xff")  # mov al, 0xff          ; OCW1 slave: mask all
+    a.emit(b"\xe6\xa1")  # out 0xa1, al
+    # 8254 PIT channel 0: rate generator at ~1 kHz.
+    a.emit(b"\xb0\x34")  # mov al, 0x34          ; channel 0, lo/hi byte, mode 2, binary
+    a.emit(b"\xe6\x43")  # out 0x43, al
+    a.emit(b"\xb0", bytes([_PIT_DIVISOR & 0xFF]))  # mov al, divisor low
+    a.emit(b"\xe6\x40")  # out 0x40, al
+    a.emit(b"\xb0", bytes([_PIT_DIVISOR >> 8]))  # mov al, divisor high
+    a.emit(b"\xe6\x40")  # out 0x40, al
+    a.emit(b"\xfb")  # sti
+    a.label("tick_wait")
+    a.emit(b"\xf4")  # hlt                   ; sleep until an interrupt
+    a.abs32(b"\x83\x3c\x25", "ticks", bytes([ticks]))  # cmp dword [ticks], TICKS
+    a.rel8(b"\x72", "tick_wait")  # jb tick_wait
+    a.emit(b"\xfa")  # cli
+    a.abs32(b"\xbe", "s4")  # mov esi, s4
+    a.rel32(b"\xe8", "puts")  # call puts
+
+    # --- Success ---------------------------------------------------------------------------------
+    a.abs32(b"\xbe", "ok")  # mov esi, ok
+    a.rel32(b"\xe8", "puts")  # call puts
+    a.emit(b"\xba", _u32(DEBUG_EXIT_PORT))  # mov edx, 0xf4
+    a.emit(b"\xb8", _u32(OK_VALUE))  # mov eax, OK_VALUE
+    a.emit(b"\xef")  # out dx, eax           ; QEMU exits with OK_STATUS
+    a.rel32(b"\xe9", "halt")  # jmp halt
+
+    # --- Interrupt handlers ------------------------------------------------------------------------
+    a.label("irq_handler")
+    a.emit(b"\x50")  # push rax
+    a.abs32(b"\xff\x04\x25", "ticks")  # inc dword [ticks]
+    a.emit(b"\xb0\x20")  # mov al, 0x20          ; non-specific EOI
+    a.emit(b"\xe6\x20")  # out 0x20, al
+    a.emit(b"\x58")  # pop rax
+    a.emit(b"\x48\xcf")  # iretq
+    a.label("exc_handler")
+    a.abs32(b"\xbe", "f_exc")  # mov esi, f_exc
+    a.rel32(b"\xe9", "fail")  # jmp fail             ; no return: report and exit
+
+    a.label("image_end")
+    image = a.link()
+    if len(image) > _MAX_IMAGE:
+        raise ValueError(f"payload of {len(image)} bytes overlaps its page tables")
+    return image
+
+
+def payload_argv(
+    qemu: str, payload: str, serial_log: str, accel: str, cpu: str = DEFAULT_CPU
+) -> list[str]:
+    """The QEMU command line that runs the payload.
+
+    :param qemu: the QEMU binary.
+    :param payload: path of the image from :func:`build_payload`.
+    :param serial_log: file that receives the serial output.
+    :param accel: ``kvm`` or ``tcg``.
+    :param cpu: the ``-cpu`` model.
+    """
+    return [
+        qemu,
+        "-nodefaults",
+        "-no-user-config",
+        "-machine",
+        f"pc,accel={accel}",
+        "-cpu",
+        cpu,
+        "-m",
+        "32",
+        "-smp",
+        "1",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{serial_log}",
+        "-device",
+        f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04",
+        "-kernel",
+        payload,
+    ]
+
+
+def run_payload(
+    qemu: str,
+    accel: str,
+    cpu: str = DEFAULT_CPU,
+    timeout: float = DEFAULT_TIMEOUT,
+    work: int = DEFAULT_WORK,
+) -> PayloadRun:
+    """Boot the payload once and collect what happened; QEMU is killed at the deadline.
+
+    :param qemu: the QEMU binary.
+    :param accel: ``kvm`` or ``tcg``.
+    :param cpu: the ``-cpu`` model.
+    :param timeout: seconds before QEMU is killed.
+    :param work: iterations of the stage-3 loop.
+    :raise OSError: the binary cannot be started or the temporary files cannot be written.
+    """
+    with tempfile.TemporaryDirectory(prefix="corral-kvmtest-") as tmp:
+        payload = Path(tmp) / "payload.bin"
+        serial_log = Path(tmp) / "serial.log"
+        payload.write_bytes(build_payload(work))
+        argv = payload_argv(qemu, str(payload), str(serial_log), accel, cpu)
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        exitcode: int | None
+        try:
+            _, err = proc.communicate(timeout=timeout)
+            exitcode = proc.returncode
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            exitcode = None
+        finally:
+            if proc.poll() is None:  # interrupted (KeyboardInterrupt): never leave it running
+                proc.kill()
+                proc.wait()
+        seconds = time.monotonic() - start
+        serial = serial_log.read_bytes() if serial_log.exists() else b""
+    return PayloadRun(
+        exitcode=exitcode,
+        serial=serial,
+        stderr=err.decode(errors="replace"),
+        seconds=seconds,
+        timeout=timeout,
+    )
+
+
+def _last_error_line(stderr: str) -> str:
+    """QEMU's last line of stderr that is not a warning, else its last line, else ``""``."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "warning:" not in line and "terminating on" not in line]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else ""
+
+
+def interpret(run: PayloadRun, work: int = DEFAULT_WORK) -> KvmVerdict:
+    """Turn a :class:`PayloadRun` into a verdict. Pure.
+
+    The payload passed only when :data:`MARKER` arrived *and* QEMU exited with
+    :data:`OK_STATUS`.
+
+    :param run: the outcome of :func:`run_payload`.
+    :param work: iterations the run's payload looped, to describe a timeout.
+    """
+    if MARKER in run.serial and run.exitcode == OK_STATUS:
+        return KvmVerdict(
+            True,
+            f"payload reached 64-bit mode, ran {4 * work / 1e6:.0f} M instructions and took "
+            f"timer interrupts in {run.seconds:.2f} s",
+            run.seconds,
+        )
+    for line, meaning in FAILURES.items():
+        if line in run.serial:
+            return KvmVerdict(False, f"payload failed: {meaning}", run.seconds)
+    reached = [meaning for line, meaning in STAGES if line in run.serial]
+    if run.exitcode is None:
+        if not reached:
+            what = "payload never started (firmware or loader did not hand over)"
+        elif len(reached) == 1:
+            what = "payload did not reach 64-bit mode"
+        elif len(reached) == 2:
+            what = (
+                f"payload reached 64-bit mode but its loop of {4 * work / 1e6:.0f} M instructions "
+                "did not finish: guest code runs far below native speed (emulated, not executed)"
+            )
+        elif len(reached) == 3:
+            what = "payload finished its work but no timer interrupt arrived"
+        else:
+            what = "payload passed every stage but did not exit"
+        detail = _last_error_line(run.stderr)
+        tail = f"; QEMU said: {detail}" if detail else ""
+        return KvmVerdict(False, f"{what} within {run.timeout:g} s{tail}", run.seconds)
+    detail = _last_error_line(run.stderr) or "no error output"
+    last = f" after it {reached[-1]}" if reached else ""
+    return KvmVerdict(
+        False, f"QEMU exited with status {run.exitcode}{last}: {detail}", run.seconds
+    )
+
+
+def dev_kvm_problem(path: str = "/dev/kvm") -> str | None:
+    """Why ``/dev/kvm`` cannot be used by this process, or None when it can be opened R/W.
+
+    :param path: the device node (a parameter for tests).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"{path} missing (no KVM module loaded, or virtualization disabled in firmware)"
+    except OSError as exc:
+        return f"cannot stat {path}: {exc.strerror}"
+    import stat
+
+    if not stat.S_ISCHR(st.st_mode):
+        return f"{path} is not a character device"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"no permission on {path} (add yourself to group kvm)"
+    return None
+
+
+def cpu_virt_flag(cpuinfo: str) -> str | None:
+    """``vmx`` or ``svm`` when the CPU flags in ``/proc/cpuinfo`` text show one, else None.
+
+    :param cpuinfo: the text of ``/proc/cpuinfo``.
+    """
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags = set(value.split())
+            for flag in ("vmx", "svm"):
+                if flag in flags:
+                    return flag
+            return None
+    return None
+
+
+def kvm_modules(sys_module: str = "/sys/module") -> list[str]:
+    """The KVM vendor modules loaded (``kvm_intel``, ``kvm_amd``, ``kvm_pvm``).
+
+    :param sys_module: the sysfs module directory (a parameter for tests).
+    """
+    return [
+        name
+        for name in ("kvm_intel", "kvm_amd", "kvm_pvm")
+        if Path(sys_module, name).exists()
+    ]
+
+
+def self_test(
+    qemu: str,
+    cpu: str = DEFAULT_CPU,
+    timeout: float = DEFAULT_TIMEOUT,
+    device: str = "/dev/kvm",
+) -> KvmVerdict:
+    """Decide whether KVM is usable: device checks first, then the payload under KVM.
+
+    :param qemu: the QEMU binary.
+    :param cpu: the ``-cpu`` model guests will use.
+    :param timeout: deadline for the payload run.
+    :param device: the KVM device node.
+    """
+    problem = dev_kvm_problem(device)
+    if problem is not None:
+        return KvmVerdict(False, problem, 0.0)
+    try:
+        run = run_payload(qemu, "kvm", cpu=cpu, timeout=timeout)
+    except OSError as exc:
+        return KvmVerdict(False, f"KVM self-test could not start QEMU: {exc}", 0.0)
+    verdict = interpret(run)
+    if verdict.usable:
+        return verdict
+    return KvmVerdict(False, f"KVM self-test failed: {verdict.reason}", verdict.seconds)

@@ -1,0 +1,111 @@
+"""Fixtures for tests that boot the reference guest with real QEMU (TCG unless KVM works)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.compute import lifecycle
+from corral.compute.context import Corral
+from corral.compute.define import CreateRequest, create, delete
+from corral.compute.inventory import info
+from corral.compute.reference import ensure_reference
+from corral.config import Home
+from corral.errors import CorralError
+
+CORRAL = str(Path(sys.executable).with_name("corral"))
+
+
+@pytest.fixture(scope="session")
+def corral_home() -> Iterator[Path]:
+    """A state directory with the reference image imported (short path: sockets live in it)."""
+    root = Path(tempfile.mkdtemp(prefix="cr-", dir="/tmp"))
+    ctx = Corral(Home(root))
+    ensure_reference(ctx)
+    ctx.close()
+    yield root
+    for vm_dir in (root / "vms").glob("*"):
+        pid_file = vm_dir / "qemu.pid"
+        if pid_file.exists():
+            subprocess.run(["pkill", "-9", "-F", str(pid_file)], check=False)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def ctx(corral_home: Path) -> Iterator[Corral]:
+    c = Corral(Home(corral_home))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def vm(ctx: Corral) -> Iterator[str]:
+    """A defined VM cloned from the reference image; destroyed and deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    create(ctx, CreateRequest(name=name, image="reference", memory="256M"))
+    yield name
+    try:
+        if info(ctx, name).state in ("running", "paused", "starting", "stopping"):
+            lifecycle.destroy(ctx, name)
+        delete(ctx, name)
+    except CorralError:
+        pass
+
+
+def cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real ``corral`` command against ``home``."""
+    env = dict(os.environ, CORRAL_HOME=str(home), COLUMNS="200")
+    return subprocess.run(
+        [CORRAL, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+class GuestShell:
+    """Types commands into the reference guest's serial shell and reads their output."""
+
+    def __init__(self, ctx: Corral, name: str) -> None:
+        vm_dir = ctx.home.vm_dir(name)
+        self.socket = str(vm_dir / "serial.sock")
+        self.log = vm_dir / "serial.log"
+
+    def run(self, command: str, timeout: float = 30.0) -> str:
+        """Run ``command``; return what it printed (between two unique markers)."""
+        tag = uuid.uuid4().hex[:10]
+        start = self.log.stat().st_size
+        line = f"echo B-{tag}; {command}; echo E-{tag}\n"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(self.socket)
+            sock.sendall(line.encode())
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                text = self.log.read_bytes()[start:].decode(errors="replace").replace("\r", "")
+                lines = text.split("\n")
+                if f"E-{tag}" in lines:
+                    begin = lines.index(f"B-{tag}")
+                    end = lines.index(f"E-{tag}")
+                    return "\n".join(
+                        ln for ln in lines[begin + 1 : end] if not ln.startswith("corral-heartbeat")
+                    )
+                time.sleep(0.05)
+        raise AssertionError(f"no output for {command!r} within {timeout} s")
+
+
+@pytest.fixture
+def shell(ctx: Corral, vm: str) -> GuestShell:
+    return GuestShell(ctx, vm)

@@ -84,14 +84,17 @@ FAILURES: dict[bytes, str] = {
 
 # Guest-physical layout. QEMU's multiboot loader puts the image at BASE and its own boot
 # information after the end of our BSS, so everything below _BSS_END is ours.
-_BASE = 0x100000  # load address of the image (1 MiB)
+_BASE = 0x100000  # load address of the image (1 MiB), at most 4 KiB long
+_TICKS = 0x101000  # dword incremented by the timer interrupt handler
+_SCRATCH = 0x101004  # dword the work loop stores to (not in the code's page: under TCG a
+#                      store there would invalidate the translated code on every iteration)
 _PML4 = 0x102000  # page-map level 4 (one entry used)
 _PDPT = 0x103000  # page-directory-pointer table (one entry used)
 _PD = 0x104000  # page directory: 512 entries of 2 MiB pages = the first 1 GiB, identity
 _IDT = 0x105000  # 256 interrupt gates of 16 bytes
 _STACK_TOP = 0x108000  # stack grows down from here (0x106000..0x108000)
 _BSS_END = _STACK_TOP
-_MAX_IMAGE = _PML4 - _BASE  # the image must not overlap the page tables
+_MAX_IMAGE = _TICKS - _BASE  # the image must not overlap the data page
 
 _SEL_CODE64 = 0x08
 _SEL_DATA = 0x10
@@ -233,10 +236,6 @@ def build_payload(work: int = DEFAULT_WORK, ticks: int = TIMER_TICKS) -> bytes:
     a.abs32(b"", "gdt", b"\0\0")  # base (+ padding)
     a.label("idtr")
     a.emit(struct.pack("<HQ", 256 * 16 - 1, _IDT))  # limit, 64-bit base
-    a.label("ticks")
-    a.emit(_u32(0))  # incremented by the timer interrupt handler
-    a.label("scratch")
-    a.emit(_u32(0))  # the work loop stores here
     for name, text in (
         ("s1", STAGES[0][0]),
         ("s2", STAGES[1][0]),
@@ -305,10 +304,10 @@ def build_payload(work: int = DEFAULT_WORK, ticks: int = TIMER_TICKS) -> bytes:
 
     # --- Stage 2: page tables, PAE, EFER.LME, paging, far jump to 64-bit code ----------------
     a.label("have_lm")
-    a.emit(b"\xbf", _u32(_PML4))  # mov edi, PML4
-    a.emit(b"\xb9", _u32(3 * 4096 // 4))  # mov ecx, 3072         ; dwords in PML4+PDPT+PD
+    a.emit(b"\xbf", _u32(_TICKS))  # mov edi, TICKS
+    a.emit(b"\xb9", _u32(4 * 4096 // 4))  # mov ecx, 4096         ; data page + PML4/PDPT/PD
     a.emit(b"\x31\xc0")  # xor eax, eax
-    a.emit(b"\xf3\xab")  # rep stosd             ; zero the three tables
+    a.emit(b"\xf3\xab")  # rep stosd             ; zero them
     a.emit(b"\xc7\x05", _u32(_PML4), _u32(_PDPT | 0x3))  # mov dword [PML4], PDPT|P|W
     a.emit(b"\xc7\x05", _u32(_PDPT), _u32(_PD | 0x3))  # mov dword [PDPT], PD|P|W
     a.emit(b"\xbf", _u32(_PD))  # mov edi, PD
@@ -351,7 +350,7 @@ def build_payload(work: int = DEFAULT_WORK, ticks: int = TIMER_TICKS) -> bytes:
     a.rel32(b"\xe8", "puts")  # call puts
 
     # --- Stage 3: work at native speed, with a result we can check ----------------------------
-    a.abs32(b"\xbf", "scratch")  # mov edi, scratch
+    a.emit(b"\xbf", _u32(_SCRATCH))  # mov edi, SCRATCH
     a.emit(b"\x31\xc0")  # xor eax, eax
     a.emit(b"\xb9", _u32(work))  # mov ecx, work
     a.label("work_loop")
@@ -418,7 +417,7 @@ def build_payload(work: int = DEFAULT_WORK, ticks: int = TIMER_TICKS) -> bytes:
     a.emit(b"\xfb")  # sti
     a.label("tick_wait")
     a.emit(b"\xf4")  # hlt                   ; sleep until an interrupt
-    a.abs32(b"\x83\x3c\x25", "ticks", bytes([ticks]))  # cmp dword [ticks], TICKS
+    a.emit(b"\x83\x3c\x25", _u32(_TICKS), bytes([ticks]))  # cmp dword [TICKS], ticks
     a.rel8(b"\x72", "tick_wait")  # jb tick_wait
     a.emit(b"\xfa")  # cli
     a.abs32(b"\xbe", "s4")  # mov esi, s4
@@ -435,7 +434,7 @@ def build_payload(work: int = DEFAULT_WORK, ticks: int = TIMER_TICKS) -> bytes:
     # --- Interrupt handlers ------------------------------------------------------------------------
     a.label("irq_handler")
     a.emit(b"\x50")  # push rax
-    a.abs32(b"\xff\x04\x25", "ticks")  # inc dword [ticks]
+    a.emit(b"\xff\x04\x25", _u32(_TICKS))  # inc dword [TICKS]
     a.emit(b"\xb0\x20")  # mov al, 0x20          ; non-specific EOI
     a.emit(b"\xe6\x20")  # out 0x20, al
     a.emit(b"\x58")  # pop rax
@@ -534,13 +533,17 @@ def run_payload(
     )
 
 
-def _last_error_line(stderr: str) -> str:
-    """QEMU's last line of stderr that is not a warning, else its last line, else ``""``."""
+def _last_error_line(stderr: str, warnings: bool = True) -> str:
+    """QEMU's last line of stderr that is not a warning; with ``warnings``, else its last line.
+
+    :param stderr: QEMU's standard error.
+    :param warnings: fall back to a warning when there is no other line.
+    """
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if "warning:" not in line and "terminating on" not in line]
     if errors:
         return errors[-1]
-    return lines[-1] if lines else ""
+    return lines[-1] if lines and warnings else ""
 
 
 def interpret(run: PayloadRun, work: int = DEFAULT_WORK) -> KvmVerdict:
@@ -577,7 +580,7 @@ def interpret(run: PayloadRun, work: int = DEFAULT_WORK) -> KvmVerdict:
             what = "payload finished its work but no timer interrupt arrived"
         else:
             what = "payload passed every stage but did not exit"
-        detail = _last_error_line(run.stderr)
+        detail = _last_error_line(run.stderr, warnings=False)
         tail = f"; QEMU said: {detail}" if detail else ""
         return KvmVerdict(False, f"{what} within {run.timeout:g} s{tail}", run.seconds)
     detail = _last_error_line(run.stderr) or "no error output"

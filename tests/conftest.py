@@ -6,7 +6,7 @@ import pytest
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """``--regen-golden``: rewrite the expected files under ``tests/golden`` instead of comparing."""
+    """Add ``--regen-golden``: rewrite the files under ``tests/golden`` instead of comparing."""
     parser.addoption(
         "--regen-golden",
         action="store_true",

@@ -57,9 +57,7 @@ def image_info(qemu_img: Tool) -> Callable[[Path, str], dict[str, Any]]:
     """``qemu-img info`` as a dict, read independently of corral's parser."""
 
     def info(path: Path, fmt: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(
-            qemu_img("info", "--output=json", "-U", "-f", fmt, path)
-        )
+        data: dict[str, Any] = json.loads(qemu_img("info", "--output=json", "-U", "-f", fmt, path))
         return data
 
     return info

@@ -50,7 +50,7 @@ def test_measure_names_both_formats() -> None:
         ("/abs/disk.qcow2", "/abs/disk.qcow2"),
         ("disk.qcow2", "./disk.qcow2"),
         ("-o", "./-o"),
-        ("json:{\"driver\":\"raw\"}", "./json:{\"driver\":\"raw\"}"),
+        ('json:{"driver":"raw"}', './json:{"driver":"raw"}'),
         ("nbd:localhost:10809", "./nbd:localhost:10809"),
         (Path("rel/x.raw"), "./rel/x.raw"),
     ],

@@ -16,6 +16,7 @@ from corral.compute.context import Corral
 from corral.compute.lifecycle import vm_lock
 from corral.compute.records import Vm
 from corral.compute.state import VmState
+from corral.errors import CorralError
 from corral.qemu import process
 from corral.store.models import VmRow
 
@@ -90,9 +91,9 @@ def view(vm: Vm) -> VmView:
     for disk in vm.spec.disks:
         top = vm.paths.disks[disk.name].top.path
         try:
-            usage = disk_usage(Path(top))
-            provisioned, used = usage.provisioned, usage.used
-        except (FileNotFoundError, ValueError):
+            files = disk_usage(Path(top))
+            provisioned, used = files.provisioned, files.used
+        except CorralError:
             provisioned = used = 0
         disks.append(DiskView(disk.name, top, disk.image, provisioned, used))
     host_cpu: float | None = None

@@ -41,6 +41,7 @@ A working KVM passes the whole test in well under a second (most of it QEMU star
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import subprocess
 import tempfile
@@ -104,6 +105,7 @@ _MB_MAGIC = 0x1BADB002
 _MB_FLAG_AOUT_KLUDGE = 0x00010000  # header carries load addresses: no ELF needed
 
 _MSR_EFER = 0xC0000080
+_MSR_ARCH_CAPABILITIES = 0x10A
 _EFER_LME = 1 << 8
 _EFER_LMA = 1 << 10
 _CR4_PAE = 1 << 5
@@ -144,53 +146,79 @@ def _u32(value: int) -> bytes:
     return struct.pack("<I", value & 0xFFFFFFFF)
 
 
+def _u16(value: int) -> bytes:
+    return struct.pack("<H", value & 0xFFFF)
+
+
 class _Asm:
-    """A byte buffer with labels: the instructions themselves are hand-encoded by the caller."""
+    """A byte buffer with labels and a listing.
+
+    The machine code is encoded by hand by the caller; every :meth:`op` carries the assembly
+    it encodes, so the source reads as a listing and :meth:`listing` can print one.
+    """
 
     def __init__(self, base: int) -> None:
         self.base = base
         self.buf = bytearray()
         self.labels: dict[str, int] = {}
         self.fixups: list[tuple[str, int, str]] = []
+        self.lines: list[tuple[int, int, str]] = []  # (offset, length, text)
 
     def label(self, name: str) -> None:
         self.labels[name] = self.base + len(self.buf)
+        self.lines.append((len(self.buf), 0, f"{name}:"))
 
-    def emit(self, *parts: bytes) -> None:
-        for part in parts:
-            self.buf += part
+    def op(self, code: bytes, asm: str) -> None:
+        """Append ``code``, which encodes ``asm``."""
+        self.lines.append((len(self.buf), len(code), asm))
+        self.buf += code
 
-    def rel8(self, opcode: bytes, target: str) -> None:
-        """``opcode`` followed by a signed 8-bit displacement to ``target``."""
-        self.buf += opcode + b"\0"
+    def rel8(self, opcode: bytes, target: str, asm: str) -> None:
+        """Append ``opcode`` and an 8-bit displacement to ``target`` (short jumps)."""
+        self.op(opcode + b"\0", asm)
         self.fixups.append(("rel8", len(self.buf) - 1, target))
 
-    def rel32(self, opcode: bytes, target: str) -> None:
-        """``opcode`` followed by a signed 32-bit displacement to ``target``."""
-        self.buf += opcode + b"\0\0\0\0"
+    def rel32(self, opcode: bytes, target: str, asm: str) -> None:
+        """Append ``opcode`` and a 32-bit displacement to ``target`` (near jmp / call)."""
+        self.op(opcode + b"\0\0\0\0", asm)
         self.fixups.append(("rel32", len(self.buf) - 4, target))
 
-    def abs32(self, opcode: bytes, target: str, tail: bytes = b"") -> None:
-        """``opcode``, the 32-bit absolute address of ``target``, then ``tail``."""
-        self.buf += opcode + b"\0\0\0\0"
-        self.fixups.append(("abs32", len(self.buf) - 4, target))
-        self.buf += tail
+    def abs32(self, opcode: bytes, target: str, asm: str, tail: bytes = b"") -> None:
+        """Append ``opcode``, the 32-bit address of ``target``, then ``tail``."""
+        self.op(opcode + b"\0\0\0\0" + tail, asm)
+        self.fixups.append(("abs32", len(self.buf) - 4 - len(tail), target))
 
     def link(self) -> bytes:
+        """Resolve the labels; return the image.
+
+        :raise ValueError: a short jump does not reach its target.
+        """
         for kind, offset, target in self.fixups:
             address = self.labels[target]
             if kind == "abs32":
                 self.buf[offset : offset + 4] = _u32(address)
-                continue
-            size = 1 if kind == "rel8" else 4
-            delta = address - (self.base + offset + size)
-            if size == 1:
+            elif kind == "rel32":
+                self.buf[offset : offset + 4] = struct.pack(
+                    "<i", address - (self.base + offset + 4)
+                )
+            else:
+                delta = address - (self.base + offset + 1)
                 if not -128 <= delta < 128:
                     raise ValueError(f"short jump to {target} out of range ({delta})")
                 self.buf[offset] = delta & 0xFF
-            else:
-                self.buf[offset : offset + 4] = struct.pack("<i", delta)
         return bytes(self.buf)
+
+    def listing(self) -> str:
+        """Address, bytes and assembly of every line (call after :meth:`link`)."""
+        out = []
+        for offset, length, text in self.lines:
+            code = self.buf[offset : offset + length]
+            shown = code[:12].hex(" ") + (" …" if length > 12 else "")
+            if length == 0:
+                out.append(text)
+            else:
+                out.append(f"  {self.base + offset:08x}  {shown:<38} {text}")
+        return "\n".join(out)
 
 
 def work_checksum(iterations: int) -> int:
@@ -201,41 +229,26 @@ def work_checksum(iterations: int) -> int:
     return (iterations * (iterations + 1) // 2) & 0xFFFFFFFF
 
 
-def build_payload(work: int = DEFAULT_WORK, ticks: int = TIMER_TICKS) -> bytes:
-    """The self-test payload as a flat Multiboot v1 image (a.out kludge), to load at 1 MiB.
-
-    Every instruction is encoded by hand below; the comment beside it is its assembly.
-
-    :param work: iterations of the stage-3 loop (1 .. 2**32-1).
-    :param ticks: timer interrupts stage 4 waits for (1 .. 127).
-    :raise ValueError: a parameter is out of range.
-    """
-    if not 1 <= work < (1 << 32):
-        raise ValueError(f"work must be in 1 .. 2**32-1, not {work}")
-    if not 1 <= ticks < 128:
-        raise ValueError(f"ticks must be in 1 .. 127, not {ticks}")
-    a = _Asm(_BASE)
-
-    # --- Multiboot v1 header (must lie in the first 8 KiB, 4-byte aligned) -------------------
+def _header_and_data(a: _Asm) -> None:
+    """Multiboot v1 header (a.out kludge: the file is loaded flat), GDT, IDTR, strings."""
     flags = _MB_FLAG_AOUT_KLUDGE
-    a.emit(_u32(_MB_MAGIC), _u32(flags), _u32(-(_MB_MAGIC + flags)))  # magic, flags, checksum
-    a.emit(_u32(_BASE))  # header_addr: where this header is loaded (file offset 0)
-    a.emit(_u32(_BASE))  # load_addr: load the file from its start, at 1 MiB
-    a.abs32(b"", "image_end")  # load_end_addr: end of the file's data
-    a.emit(_u32(_BSS_END))  # bss_end_addr: reserve page tables, IDT and stack
-    a.abs32(b"", "entry32")  # entry_addr
-
-    # --- Data ---------------------------------------------------------------------------------
+    a.op(_u32(_MB_MAGIC), "dd 0x1badb002 ; multiboot magic")
+    a.op(_u32(flags), "dd 0x00010000  ; flags: address fields below are valid")
+    a.op(_u32(-(_MB_MAGIC + flags)), "dd checksum    ; magic + flags + checksum = 0")
+    a.op(_u32(_BASE), "dd header_addr ; this header's address: file offset 0 at 1 MiB")
+    a.op(_u32(_BASE), "dd load_addr   ; load the file from its start")
+    a.abs32(b"", "image_end", "dd load_end_addr ; end of the file's data")
+    a.op(_u32(_BSS_END), "dd bss_end_addr ; reserve data page, tables, IDT, stack")
+    a.abs32(b"", "entry32", "dd entry_addr")
     a.label("gdt")
-    a.emit(struct.pack("<Q", 0))  # 0x00 null descriptor
-    a.emit(struct.pack("<Q", 0x00AF9A000000FFFF))  # 0x08 code, 64-bit (L=1), DPL 0
-    a.emit(struct.pack("<Q", 0x00CF92000000FFFF))  # 0x10 data, flat 4 GiB, writable
-    a.emit(struct.pack("<Q", 0x00CF9A000000FFFF))  # 0x18 code, 32-bit (D=1), flat 4 GiB
+    a.op(struct.pack("<Q", 0), "dq 0                  ; null descriptor")
+    a.op(struct.pack("<Q", 0x00AF9A000000FFFF), "dq 0x00af9a000000ffff ; 0x08: code, 64-bit (L=1)")
+    a.op(struct.pack("<Q", 0x00CF92000000FFFF), "dq 0x00cf92000000ffff ; 0x10: data, flat, RW")
+    a.op(struct.pack("<Q", 0x00CF9A000000FFFF), "dq 0x00cf9a000000ffff ; 0x18: code, 32-bit")
     a.label("gdtr")
-    a.emit(struct.pack("<H", 4 * 8 - 1))  # limit
-    a.abs32(b"", "gdt", b"\0\0")  # base (+ padding)
+    a.abs32(_u16(4 * 8 - 1), "gdt", "dw 31, dd gdt, dw 0 ; GDT limit and base", b"\0\0")
     a.label("idtr")
-    a.emit(struct.pack("<HQ", 256 * 16 - 1, _IDT))  # limit, 64-bit base
+    a.op(struct.pack("<HQ", 256 * 16 - 1, _IDT), "dw 4095, dq IDT ; IDT limit and base")
     for name, text in (
         ("s1", STAGES[0][0]),
         ("s2", STAGES[1][0]),
@@ -248,206 +261,256 @@ def build_payload(work: int = DEFAULT_WORK, ticks: int = TIMER_TICKS) -> bytes:
         ("f_exc", b"F:EXC\n"),
     ):
         a.label(name)
-        a.emit(text, b"\0")
+        a.op(text + b"\0", f"db {text!r}, 0")
 
-    # --- Subroutines, valid in both 32-bit and 64-bit mode (same encodings, no REX) -----------
-    # puts: write the NUL-terminated string at ESI to COM1. Clobbers EAX, EDX, ESI.
-    a.label("puts")
-    a.emit(b"\xba", _u32(0x3F8))  # mov edx, 0x3f8        ; COM1 data port
+
+def _subroutines(a: _Asm) -> None:
+    """``puts`` and ``fail``: their encodings mean the same in 32-bit and 64-bit mode."""
+    a.label("puts")  # write the NUL-terminated string at ESI to COM1; clobbers EAX EDX ESI
+    a.op(b"\xba" + _u32(0x3F8), "mov edx, 0x3f8   ; COM1 data port")
     a.label("puts_loop")
-    a.emit(b"\xac")  # lodsb                 ; al = [esi++]
-    a.emit(b"\x84\xc0")  # test al, al
-    a.rel8(b"\x74", "puts_done")  # jz puts_done
-    a.emit(b"\xee")  # out dx, al            ; QEMU's UART needs no THRE polling
-    a.rel8(b"\xeb", "puts_loop")  # jmp puts_loop
+    a.op(b"\xac", "lodsb            ; al = [esi], esi += 1")
+    a.op(b"\x84\xc0", "test al, al")
+    a.rel8(b"\x74", "puts_done", "jz puts_done")
+    a.op(b"\xee", "out dx, al       ; QEMU's UART needs no THRE polling")
+    a.rel8(b"\xeb", "puts_loop", "jmp puts_loop")
     a.label("puts_done")
-    a.emit(b"\xc3")  # ret
-    # fail: print the string at ESI, then exit QEMU with FAIL_STATUS.
-    a.label("fail")
-    a.rel32(b"\xe8", "puts")  # call puts
-    a.emit(b"\xba", _u32(DEBUG_EXIT_PORT))  # mov edx, 0xf4
-    a.emit(b"\xb8", _u32(FAIL_VALUE))  # mov eax, FAIL_VALUE
-    a.emit(b"\xef")  # out dx, eax           ; QEMU exits here
+    a.op(b"\xc3", "ret")
+    a.label("fail")  # print the string at ESI, then exit QEMU with FAIL_STATUS
+    a.rel32(b"\xe8", "puts", "call puts")
+    a.op(b"\xba" + _u32(DEBUG_EXIT_PORT), "mov edx, 0xf4    ; isa-debug-exit port")
+    a.op(b"\xb8" + _u32(FAIL_VALUE), "mov eax, FAIL_VALUE")
+    a.op(b"\xef", "out dx, eax      ; QEMU exits with (FAIL_VALUE << 1) | 1")
     a.label("halt")
-    a.emit(b"\xfa")  # cli
-    a.emit(b"\xf4")  # hlt
-    a.rel8(b"\xeb", "halt")  # jmp halt
+    a.op(b"\xfa", "cli")
+    a.op(b"\xf4", "hlt")
+    a.rel8(b"\xeb", "halt", "jmp halt")
 
-    # --- Stage 1: 32-bit protected mode, as Multiboot leaves it -------------------------------
+
+def _stage1(a: _Asm) -> None:
+    """Entered in 32-bit protected mode (Multiboot): own GDT, flat segments, CPUID check."""
     a.label("entry32")
-    a.emit(b"\xfa")  # cli
-    a.emit(b"\xfc")  # cld                   ; lodsb/stosd count upwards
-    a.emit(b"\xbc", _u32(_STACK_TOP))  # mov esp, STACK_TOP
-    a.abs32(b"\x0f\x01\x15", "gdtr")  # lgdt [gdtr]           ; Multiboot's GDT is not ours
-    a.abs32(b"\xea", "flat32", struct.pack("<H", _SEL_CODE32))  # jmp 0x18:flat32
+    a.op(b"\xfa", "cli")
+    a.op(b"\xfc", "cld              ; string instructions count upwards")
+    a.op(b"\xbc" + _u32(_STACK_TOP), "mov esp, STACK_TOP")
+    a.abs32(b"\x0f\x01\x15", "gdtr", "lgdt [gdtr]      ; the loader's GDT is not ours to keep")
+    a.abs32(b"\xea", "flat32", "jmp 0x18:flat32  ; reload CS", _u16(_SEL_CODE32))
     a.label("flat32")
-    a.emit(b"\xb8", _u32(_SEL_DATA))  # mov eax, 0x10
-    a.emit(b"\x8e\xd8")  # mov ds, ax
-    a.emit(b"\x8e\xc0")  # mov es, ax
-    a.emit(b"\x8e\xd0")  # mov ss, ax
-    a.emit(b"\x8e\xe0")  # mov fs, ax
-    a.emit(b"\x8e\xe8")  # mov gs, ax
-    a.abs32(b"\xbe", "s1")  # mov esi, s1
-    a.rel32(b"\xe8", "puts")  # call puts
-    # Long mode present? CPUID 0x80000000 gives the highest extended leaf.
-    a.emit(b"\xb8", _u32(0x80000000))  # mov eax, 0x80000000
-    a.emit(b"\x0f\xa2")  # cpuid
-    a.emit(b"\x3d", _u32(0x80000001))  # cmp eax, 0x80000001
-    a.rel8(b"\x72", "no_lm")  # jb no_lm
-    a.emit(b"\xb8", _u32(0x80000001))  # mov eax, 0x80000001
-    a.emit(b"\x0f\xa2")  # cpuid
-    a.emit(b"\x0f\xba\xe2\x1d")  # bt edx, 29            ; CF = long mode
-    a.rel8(b"\x72", "have_lm")  # jc have_lm
+    a.op(b"\xb8" + _u32(_SEL_DATA), "mov eax, 0x10")
+    a.op(b"\x8e\xd8", "mov ds, ax")
+    a.op(b"\x8e\xc0", "mov es, ax")
+    a.op(b"\x8e\xd0", "mov ss, ax")
+    a.op(b"\x8e\xe0", "mov fs, ax")
+    a.op(b"\x8e\xe8", "mov gs, ax")
+    a.abs32(b"\xbe", "s1", "mov esi, s1")
+    a.rel32(b"\xe8", "puts", "call puts")
+    a.op(b"\xb8" + _u32(0x80000000), "mov eax, 0x80000000")
+    a.op(b"\x0f\xa2", "cpuid            ; eax = highest extended leaf")
+    a.op(b"\x3d" + _u32(0x80000001), "cmp eax, 0x80000001")
+    a.rel8(b"\x72", "no_lm", "jb no_lm")
+    a.op(b"\xb8" + _u32(0x80000001), "mov eax, 0x80000001")
+    a.op(b"\x0f\xa2", "cpuid")
+    a.op(b"\x0f\xba\xe2\x1d", "bt edx, 29       ; CF = long mode supported")
+    a.rel8(b"\x72", "have_lm", "jc have_lm")
     a.label("no_lm")
-    a.abs32(b"\xbe", "f_nolm")  # mov esi, f_nolm
-    a.rel32(b"\xe9", "fail")  # jmp fail
+    a.abs32(b"\xbe", "f_nolm", "mov esi, f_nolm")
+    a.rel32(b"\xe9", "fail", "jmp fail")
 
-    # --- Stage 2: page tables, PAE, EFER.LME, paging, far jump to 64-bit code ----------------
+
+def _stage2(a: _Asm) -> None:
+    """Identity-map 1 GiB with 2 MiB pages, enable PAE, EFER.LME and paging, enter 64-bit."""
     a.label("have_lm")
-    a.emit(b"\xbf", _u32(_TICKS))  # mov edi, TICKS
-    a.emit(b"\xb9", _u32(4 * 4096 // 4))  # mov ecx, 4096         ; data page + PML4/PDPT/PD
-    a.emit(b"\x31\xc0")  # xor eax, eax
-    a.emit(b"\xf3\xab")  # rep stosd             ; zero them
-    a.emit(b"\xc7\x05", _u32(_PML4), _u32(_PDPT | 0x3))  # mov dword [PML4], PDPT|P|W
-    a.emit(b"\xc7\x05", _u32(_PDPT), _u32(_PD | 0x3))  # mov dword [PDPT], PD|P|W
-    a.emit(b"\xbf", _u32(_PD))  # mov edi, PD
-    a.emit(b"\xb8", _u32(0x83))  # mov eax, 0x83         ; 2 MiB page at 0: P|W|PS
-    a.emit(b"\xb9", _u32(512))  # mov ecx, 512
+    a.op(b"\xbf" + _u32(_TICKS), "mov edi, TICKS   ; data page, then PML4, PDPT, PD")
+    a.op(b"\xb9" + _u32(4 * 4096 // 4), "mov ecx, 4096    ; dwords in those four pages")
+    a.op(b"\x31\xc0", "xor eax, eax")
+    a.op(b"\xf3\xab", "rep stosd        ; zero them")
+    a.op(b"\xc7\x05" + _u32(_PML4) + _u32(_PDPT | 3), "mov dword [PML4], PDPT | P | W")
+    a.op(b"\xc7\x05" + _u32(_PDPT) + _u32(_PD | 3), "mov dword [PDPT], PD | P | W")
+    a.op(b"\xbf" + _u32(_PD), "mov edi, PD")
+    a.op(b"\xb8" + _u32(0x83), "mov eax, 0x83    ; 2 MiB page at 0: P | W | PS")
+    a.op(b"\xb9" + _u32(512), "mov ecx, 512")
     a.label("pd_loop")
-    a.emit(b"\x89\x07")  # mov [edi], eax        ; low dword of the entry (high stays 0)
-    a.emit(b"\x05", _u32(0x200000))  # add eax, 0x200000     ; next 2 MiB frame
-    a.emit(b"\x83\xc7\x08")  # add edi, 8
-    a.rel8(b"\xe2", "pd_loop")  # loop pd_loop
-    a.emit(b"\x0f\x20\xe0")  # mov eax, cr4
-    a.emit(b"\x0d", _u32(_CR4_PAE))  # or eax, CR4.PAE
-    a.emit(b"\x0f\x22\xe0")  # mov cr4, eax
-    a.emit(b"\xb8", _u32(_PML4))  # mov eax, PML4
-    a.emit(b"\x0f\x22\xd8")  # mov cr3, eax
-    a.emit(b"\xb9", _u32(_MSR_EFER))  # mov ecx, IA32_EFER
-    a.emit(b"\x0f\x32")  # rdmsr
-    a.emit(b"\x0d", _u32(_EFER_LME))  # or eax, EFER.LME
-    a.emit(b"\x0f\x30")  # wrmsr
-    a.emit(b"\x0f\x20\xc0")  # mov eax, cr0
-    a.emit(b"\x0d", _u32(_CR0_PG))  # or eax, CR0.PG        ; long mode becomes active
-    a.emit(b"\x0f\x22\xc0")  # mov cr0, eax
-    a.abs32(b"\xea", "entry64", struct.pack("<H", _SEL_CODE64))  # jmp 0x08:entry64
-
-    # --- 64-bit code from here on ---------------------------------------------------------------
+    a.op(b"\x89\x07", "mov [edi], eax   ; low dword of the entry (the high one stays 0)")
+    a.op(b"\x05" + _u32(0x200000), "add eax, 0x200000 ; next 2 MiB frame")
+    a.op(b"\x83\xc7\x08", "add edi, 8")
+    a.rel8(b"\xe2", "pd_loop", "loop pd_loop")
+    a.op(b"\x0f\x20\xe0", "mov eax, cr4")
+    a.op(b"\x0d" + _u32(_CR4_PAE), "or eax, 0x20     ; CR4.PAE")
+    a.op(b"\x0f\x22\xe0", "mov cr4, eax")
+    a.op(b"\xb8" + _u32(_PML4), "mov eax, PML4")
+    a.op(b"\x0f\x22\xd8", "mov cr3, eax")
+    a.op(b"\xb9" + _u32(_MSR_EFER), "mov ecx, 0xc0000080 ; IA32_EFER")
+    a.op(b"\x0f\x32", "rdmsr")
+    a.op(b"\x0d" + _u32(_EFER_LME), "or eax, 0x100    ; EFER.LME")
+    a.op(b"\x0f\x30", "wrmsr")
+    a.op(b"\x0f\x20\xc0", "mov eax, cr0")
+    a.op(b"\x0d" + _u32(_CR0_PG), "or eax, 0x80000000 ; CR0.PG: long mode becomes active")
+    a.op(b"\x0f\x22\xc0", "mov cr0, eax")
+    a.abs32(b"\xea", "entry64", "jmp 0x08:entry64 ; into the 64-bit code segment", _u16(8))
+    # 64-bit code from here on.
     a.label("entry64")
-    a.emit(b"\xb8", _u32(_SEL_DATA))  # mov eax, 0x10
-    a.emit(b"\x8e\xd8")  # mov ds, ax
-    a.emit(b"\x8e\xc0")  # mov es, ax
-    a.emit(b"\x8e\xd0")  # mov ss, ax
-    a.emit(b"\xbc", _u32(_STACK_TOP))  # mov esp, STACK_TOP    ; zero-extends into rsp
-    a.emit(b"\xb9", _u32(_MSR_EFER))  # mov ecx, IA32_EFER
-    a.emit(b"\x0f\x32")  # rdmsr
-    a.emit(b"\xa9", _u32(_EFER_LMA))  # test eax, EFER.LMA
-    a.rel8(b"\x75", "lma_ok")  # jnz lma_ok
-    a.abs32(b"\xbe", "f_nolma")  # mov esi, f_nolma
-    a.rel32(b"\xe9", "fail")  # jmp fail
+    a.op(b"\xb8" + _u32(_SEL_DATA), "mov eax, 0x10")
+    a.op(b"\x8e\xd8", "mov ds, ax")
+    a.op(b"\x8e\xc0", "mov es, ax")
+    a.op(b"\x8e\xd0", "mov ss, ax")
+    a.op(b"\xbc" + _u32(_STACK_TOP), "mov esp, STACK_TOP ; zero-extends into rsp")
+    a.op(b"\xb9" + _u32(_MSR_EFER), "mov ecx, 0xc0000080 ; IA32_EFER")
+    a.op(b"\x0f\x32", "rdmsr")
+    a.op(b"\xa9" + _u32(_EFER_LMA), "test eax, 0x400  ; EFER.LMA: long mode active?")
+    a.rel8(b"\x75", "lma_ok", "jnz lma_ok")
+    a.abs32(b"\xbe", "f_nolma", "mov esi, f_nolma")
+    a.rel32(b"\xe9", "fail", "jmp fail")
     a.label("lma_ok")
-    a.abs32(b"\xbe", "s2")  # mov esi, s2
-    a.rel32(b"\xe8", "puts")  # call puts
+    a.abs32(b"\xbe", "s2", "mov esi, s2")
+    a.rel32(b"\xe8", "puts", "call puts")
 
-    # --- Stage 3: work at native speed, with a result we can check ----------------------------
-    a.emit(b"\xbf", _u32(_SCRATCH))  # mov edi, SCRATCH
-    a.emit(b"\x31\xc0")  # xor eax, eax
-    a.emit(b"\xb9", _u32(work))  # mov ecx, work
+
+def _stage3(a: _Asm, work: int) -> None:
+    """Read IA32_ARCH_CAPABILITIES if CPUID offers it (as Linux does early), then a loop of
+    ``4 * work`` instructions whose result is checked: native speed or not."""
+    a.op(b"\x31\xc0", "xor eax, eax")
+    a.op(b"\x0f\xa2", "cpuid            ; eax = highest basic leaf")
+    a.op(b"\x83\xf8\x07", "cmp eax, 7")
+    a.rel8(b"\x72", "no_arch_caps", "jb no_arch_caps")
+    a.op(b"\xb8" + _u32(7), "mov eax, 7")
+    a.op(b"\x31\xc9", "xor ecx, ecx")
+    a.op(b"\x0f\xa2", "cpuid            ; structured extended features")
+    a.op(b"\x0f\xba\xe2\x1d", "bt edx, 29       ; CF = IA32_ARCH_CAPABILITIES exists")
+    a.rel8(b"\x73", "no_arch_caps", "jnc no_arch_caps")
+    a.op(b"\xb9" + _u32(_MSR_ARCH_CAPABILITIES), "mov ecx, 0x10a   ; IA32_ARCH_CAPABILITIES")
+    a.op(b"\x0f\x32", "rdmsr            ; a #GP here ends in exc_handler")
+    a.label("no_arch_caps")
+    a.op(b"\xbf" + _u32(_SCRATCH), "mov edi, SCRATCH")
+    a.op(b"\x31\xc0", "xor eax, eax")
+    a.op(b"\xb9" + _u32(work), "mov ecx, WORK")
     a.label("work_loop")
-    a.emit(b"\x01\xc8")  # add eax, ecx
-    a.emit(b"\x89\x07")  # mov [rdi], eax
-    a.emit(b"\xff\xc9")  # dec ecx
-    a.rel8(b"\x75", "work_loop")  # jnz work_loop
-    a.emit(b"\x3d", _u32(work_checksum(work)))  # cmp eax, expected sum
-    a.rel8(b"\x74", "sum_ok")  # je sum_ok
-    a.abs32(b"\xbe", "f_sum")  # mov esi, f_sum
-    a.rel32(b"\xe9", "fail")  # jmp fail
+    a.op(b"\x01\xc8", "add eax, ecx")
+    a.op(b"\x89\x07", "mov [rdi], eax")
+    a.op(b"\xff\xc9", "dec ecx")
+    a.rel8(b"\x75", "work_loop", "jnz work_loop")
+    a.op(b"\x3d" + _u32(work_checksum(work)), "cmp eax, SUM      ; WORK + ... + 1 mod 2**32")
+    a.rel8(b"\x74", "sum_ok", "je sum_ok")
+    a.abs32(b"\xbe", "f_sum", "mov esi, f_sum")
+    a.rel32(b"\xe9", "fail", "jmp fail")
     a.label("sum_ok")
-    a.abs32(b"\xbe", "s3")  # mov esi, s3
-    a.rel32(b"\xe8", "puts")  # call puts
+    a.abs32(b"\xbe", "s3", "mov esi, s3")
+    a.rel32(b"\xe8", "puts", "call puts")
 
-    # --- Stage 4: IDT, PIC, PIT, sti; hlt until timer interrupts arrive -----------------------
-    # IDT: vectors 0..31 (exceptions) -> exc_handler, 32..255 -> irq_handler; 64-bit gates.
-    a.emit(b"\xbf", _u32(_IDT))  # mov edi, IDT
-    a.emit(b"\x31\xc9")  # xor ecx, ecx          ; vector number
+
+def _stage2_idt(a: _Asm) -> None:
+    """IDT of 64-bit interrupt gates: vectors 0-31 -> exc_handler, 32-255 -> irq_handler."""
+    a.op(b"\xbf" + _u32(_IDT), "mov edi, IDT")
+    a.op(b"\x31\xc9", "xor ecx, ecx     ; vector number")
     a.label("idt_loop")
-    a.abs32(b"\xb8", "exc_handler")  # mov eax, exc_handler
-    a.emit(b"\x83\xf9\x20")  # cmp ecx, 32
-    a.rel8(b"\x72", "idt_store")  # jb idt_store
-    a.abs32(b"\xb8", "irq_handler")  # mov eax, irq_handler
+    a.abs32(b"\xb8", "exc_handler", "mov eax, exc_handler")
+    a.op(b"\x83\xf9\x20", "cmp ecx, 32")
+    a.rel8(b"\x72", "idt_store", "jb idt_store")
+    a.abs32(b"\xb8", "irq_handler", "mov eax, irq_handler")
     a.label("idt_store")
-    a.emit(b"\x66\x89\x07")  # mov [rdi], ax         ; offset 15..0
-    a.emit(b"\x66\xc7\x47\x02", struct.pack("<H", _SEL_CODE64))  # mov word [rdi+2], 0x08
-    a.emit(b"\x66\xc7\x47\x04\x00\x8e")  # mov word [rdi+4], 0x8e00 ; P, DPL 0, interrupt gate
-    a.emit(b"\xc1\xe8\x10")  # shr eax, 16
-    a.emit(b"\x66\x89\x47\x06")  # mov [rdi+6], ax       ; offset 31..16
-    a.emit(b"\xc7\x47\x08", _u32(0))  # mov dword [rdi+8], 0  ; offset 63..32
-    a.emit(b"\xc7\x47\x0c", _u32(0))  # mov dword [rdi+12], 0 ; reserved
-    a.emit(b"\x48\x83\xc7\x10")  # add rdi, 16
-    a.emit(b"\xff\xc1")  # inc ecx
-    a.emit(b"\x81\xf9", _u32(256))  # cmp ecx, 256
-    a.rel8(b"\x75", "idt_loop")  # jne idt_loop
-    a.abs32(b"\x0f\x01\x1c\x25", "idtr")  # lidt [idtr]           ; absolute disp32 via SIB
-    # 8259 PIC: IRQ 0-7 -> vectors 0x20-0x27, 8-15 -> 0x28-0x2f; only IRQ 0 (PIT) unmasked.
-    a.emit(b"\xb0\x11")  # mov al, 0x11          ; ICW1: edge, cascade, ICW4 follows
-    a.emit(b"\xe6\x20")  # out 0x20, al
-    a.emit(b"\xe6\xa0")  # out 0xa0, al
-    a.emit(b"\xb0\x20")  # mov al, 0x20          ; ICW2 master: vector base 0x20
-    a.emit(b"\xe6\x21")  # out 0x21, al
-    a.emit(b"\xb0\x28")  # mov al, 0x28          ; ICW2 slave: vector base 0x28
-    a.emit(b"\xe6\xa1")  # out 0xa1, al
-    a.emit(b"\xb0\x04")  # mov al, 4             ; ICW3 master: slave on IRQ 2
-    a.emit(b"\xe6\x21")  # out 0x21, al
-    a.emit(b"\xb0\x02")  # mov al, 2             ; ICW3 slave: cascade identity 2
-    a.emit(b"\xe6\xa1")  # out 0xa1, al
-    a.emit(b"\xb0\x01")  # mov al, 1             ; ICW4: 8086 mode
-    a.emit(b"\xe6\x21")  # out 0x21, al
-    a.emit(b"\xe6\xa1")  # out 0xa1, al
-    a.emit(b"\xb0\xfe")  # mov al, 0xfe          ; OCW1 master: mask all but IRQ 0
-    a.emit(b"\xe6\x21")  # out 0x21, al
-    a.emit(b"\xb0\xff")  # mov al, 0xff          ; OCW1 slave: mask all
-    a.emit(b"\xe6\xa1")  # out 0xa1, al
-    # 8254 PIT channel 0: rate generator at ~1 kHz.
-    a.emit(b"\xb0\x34")  # mov al, 0x34          ; channel 0, lo/hi byte, mode 2, binary
-    a.emit(b"\xe6\x43")  # out 0x43, al
-    a.emit(b"\xb0", bytes([_PIT_DIVISOR & 0xFF]))  # mov al, divisor low
-    a.emit(b"\xe6\x40")  # out 0x40, al
-    a.emit(b"\xb0", bytes([_PIT_DIVISOR >> 8]))  # mov al, divisor high
-    a.emit(b"\xe6\x40")  # out 0x40, al
-    a.emit(b"\xfb")  # sti
+    a.op(b"\x66\x89\x07", "mov [rdi], ax    ; handler offset 15..0")
+    a.op(b"\x66\xc7\x47\x02" + _u16(_SEL_CODE64), "mov word [rdi+2], 0x08 ; code selector")
+    a.op(b"\x66\xc7\x47\x04\x00\x8e", "mov word [rdi+4], 0x8e00 ; present, DPL 0, int gate")
+    a.op(b"\xc1\xe8\x10", "shr eax, 16")
+    a.op(b"\x66\x89\x47\x06", "mov [rdi+6], ax  ; handler offset 31..16")
+    a.op(b"\xc7\x47\x08" + _u32(0), "mov dword [rdi+8], 0 ; handler offset 63..32")
+    a.op(b"\xc7\x47\x0c" + _u32(0), "mov dword [rdi+12], 0 ; reserved")
+    a.op(b"\x48\x83\xc7\x10", "add rdi, 16")
+    a.op(b"\xff\xc1", "inc ecx")
+    a.op(b"\x81\xf9" + _u32(256), "cmp ecx, 256")
+    a.rel8(b"\x75", "idt_loop", "jne idt_loop")
+    a.abs32(b"\x0f\x01\x1c\x25", "idtr", "lidt [idtr]      ; absolute disp32 through a SIB byte")
+
+
+def _stage4_timer(a: _Asm, ticks: int) -> None:
+    """Remap the 8259 PIC, run the 8254 PIT at ~1 kHz, ``sti; hlt`` until ``ticks`` arrived."""
+    for value, port, asm in (
+        (0x11, 0x20, "ICW1 master: edge, cascade, ICW4 follows"),
+        (0x11, 0xA0, "ICW1 slave"),
+        (0x20, 0x21, "ICW2 master: IRQ 0-7 -> vectors 0x20-0x27"),
+        (0x28, 0xA1, "ICW2 slave: IRQ 8-15 -> vectors 0x28-0x2f"),
+        (0x04, 0x21, "ICW3 master: slave on IRQ 2"),
+        (0x02, 0xA1, "ICW3 slave: cascade identity 2"),
+        (0x01, 0x21, "ICW4 master: 8086 mode"),
+        (0x01, 0xA1, "ICW4 slave: 8086 mode"),
+        (0xFE, 0x21, "OCW1 master: mask all but IRQ 0 (PIT)"),
+        (0xFF, 0xA1, "OCW1 slave: mask all"),
+        (0x34, 0x43, "PIT: channel 0, lo/hi byte, mode 2 (rate generator)"),
+        (_PIT_DIVISOR & 0xFF, 0x40, "PIT channel 0 divisor, low byte (~1 kHz)"),
+        (_PIT_DIVISOR >> 8, 0x40, "PIT channel 0 divisor, high byte"),
+    ):
+        a.op(b"\xb0" + bytes([value]), f"mov al, {value:#04x}")
+        a.op(b"\xe6" + bytes([port]), f"out {port:#04x}, al ; {asm}")
+    a.op(b"\xfb", "sti")
     a.label("tick_wait")
-    a.emit(b"\xf4")  # hlt                   ; sleep until an interrupt
-    a.emit(b"\x83\x3c\x25", _u32(_TICKS), bytes([ticks]))  # cmp dword [TICKS], ticks
-    a.rel8(b"\x72", "tick_wait")  # jb tick_wait
-    a.emit(b"\xfa")  # cli
-    a.abs32(b"\xbe", "s4")  # mov esi, s4
-    a.rel32(b"\xe8", "puts")  # call puts
+    a.op(b"\xf4", "hlt              ; sleep until an interrupt")
+    a.op(b"\x83\x3c\x25" + _u32(_TICKS) + bytes([ticks]), f"cmp dword [TICKS], {ticks}")
+    a.rel8(b"\x72", "tick_wait", "jb tick_wait")
+    a.op(b"\xfa", "cli")
+    a.abs32(b"\xbe", "s4", "mov esi, s4")
+    a.rel32(b"\xe8", "puts", "call puts")
 
-    # --- Success ---------------------------------------------------------------------------------
-    a.abs32(b"\xbe", "ok")  # mov esi, ok
-    a.rel32(b"\xe8", "puts")  # call puts
-    a.emit(b"\xba", _u32(DEBUG_EXIT_PORT))  # mov edx, 0xf4
-    a.emit(b"\xb8", _u32(OK_VALUE))  # mov eax, OK_VALUE
-    a.emit(b"\xef")  # out dx, eax           ; QEMU exits with OK_STATUS
-    a.rel32(b"\xe9", "halt")  # jmp halt
 
-    # --- Interrupt handlers ------------------------------------------------------------------------
+def _finish(a: _Asm) -> None:
+    """Print the marker, exit QEMU with OK_STATUS; then the interrupt handlers."""
+    a.abs32(b"\xbe", "ok", "mov esi, ok")
+    a.rel32(b"\xe8", "puts", "call puts")
+    a.op(b"\xba" + _u32(DEBUG_EXIT_PORT), "mov edx, 0xf4")
+    a.op(b"\xb8" + _u32(OK_VALUE), "mov eax, OK_VALUE")
+    a.op(b"\xef", "out dx, eax      ; QEMU exits with (OK_VALUE << 1) | 1")
+    a.rel32(b"\xe9", "halt", "jmp halt")
     a.label("irq_handler")
-    a.emit(b"\x50")  # push rax
-    a.emit(b"\xff\x04\x25", _u32(_TICKS))  # inc dword [TICKS]
-    a.emit(b"\xb0\x20")  # mov al, 0x20          ; non-specific EOI
-    a.emit(b"\xe6\x20")  # out 0x20, al
-    a.emit(b"\x58")  # pop rax
-    a.emit(b"\x48\xcf")  # iretq
-    a.label("exc_handler")
-    a.abs32(b"\xbe", "f_exc")  # mov esi, f_exc
-    a.rel32(b"\xe9", "fail")  # jmp fail             ; no return: report and exit
-
+    a.op(b"\x50", "push rax")
+    a.op(b"\xff\x04\x25" + _u32(_TICKS), "inc dword [TICKS]")
+    a.op(b"\xb0\x20", "mov al, 0x20")
+    a.op(b"\xe6\x20", "out 0x20, al     ; end of interrupt to the master PIC")
+    a.op(b"\x58", "pop rax")
+    a.op(b"\x48\xcf", "iretq")
+    a.label("exc_handler")  # any exception: report it and exit (no return)
+    a.abs32(b"\xbe", "f_exc", "mov esi, f_exc")
+    a.rel32(b"\xe9", "fail", "jmp fail")
     a.label("image_end")
+
+
+def _assemble(work: int, ticks: int) -> _Asm:
+    if not 1 <= work < (1 << 32):
+        raise ValueError(f"work must be in 1 .. 2**32-1, not {work}")
+    if not 1 <= ticks < 128:
+        raise ValueError(f"ticks must be in 1 .. 127, not {ticks}")
+    a = _Asm(_BASE)
+    _header_and_data(a)
+    _subroutines(a)
+    _stage1(a)
+    _stage2(a)
+    _stage2_idt(a)
+    _stage3(a, work)
+    _stage4_timer(a, ticks)
+    _finish(a)
     image = a.link()
     if len(image) > _MAX_IMAGE:
-        raise ValueError(f"payload of {len(image)} bytes overlaps its page tables")
-    return image
+        raise ValueError(f"payload of {len(image)} bytes overlaps its data page")
+    return a
+
+
+def build_payload(work: int = DEFAULT_WORK, ticks: int = TIMER_TICKS) -> bytes:
+    """The self-test payload: a flat Multiboot v1 image (a.out kludge) loaded at 1 MiB.
+
+    Every instruction is encoded by hand in this module, next to the assembly it encodes.
+
+    :param work: iterations of the stage-3 loop (1 .. 2**32-1).
+    :param ticks: timer interrupts stage 4 waits for (1 .. 127).
+    :raise ValueError: a parameter is out of range.
+    """
+    return _assemble(work, ticks).link()
+
+
+def payload_listing(work: int = DEFAULT_WORK, ticks: int = TIMER_TICKS) -> str:
+    """The payload as a listing (address, bytes, assembly), for reading and debugging.
+
+    :param work: as for :func:`build_payload`.
+    :param ticks: as for :func:`build_payload`.
+    :raise ValueError: a parameter is out of range.
+    """
+    return _assemble(work, ticks).listing()
 
 
 def payload_argv(
@@ -567,27 +630,28 @@ def interpret(run: PayloadRun, work: int = DEFAULT_WORK) -> KvmVerdict:
             return KvmVerdict(False, f"payload failed: {meaning}", run.seconds)
     reached = [meaning for line, meaning in STAGES if line in run.serial]
     if run.exitcode is None:
+        within = f"within {run.timeout:g} s"
         if not reached:
-            what = "payload never started (firmware or loader did not hand over)"
+            what = f"payload did not start {within} (firmware or loader did not hand over)"
         elif len(reached) == 1:
-            what = "payload did not reach 64-bit mode"
+            what = f"payload did not reach 64-bit mode {within}"
         elif len(reached) == 2:
             what = (
                 f"payload reached 64-bit mode but its loop of {4 * work / 1e6:.0f} M instructions "
-                "did not finish: guest code runs far below native speed (emulated, not executed)"
+                f"did not finish {within}: guest code runs far below native speed"
             )
         elif len(reached) == 3:
-            what = "payload finished its work but no timer interrupt arrived"
+            what = f"payload finished its work but no timer interrupt arrived {within}"
         else:
-            what = "payload passed every stage but did not exit"
+            what = f"payload passed every stage but did not exit {within}"
         detail = _last_error_line(run.stderr, warnings=False)
         tail = f"; QEMU said: {detail}" if detail else ""
-        return KvmVerdict(False, f"{what} within {run.timeout:g} s{tail}", run.seconds)
-    detail = _last_error_line(run.stderr) or "no error output"
-    last = f" after it {reached[-1]}" if reached else ""
-    return KvmVerdict(
-        False, f"QEMU exited with status {run.exitcode}{last}: {detail}", run.seconds
+        return KvmVerdict(False, what + tail, run.seconds)
+    detail = _last_error_line(run.stderr) or (
+        "the guest reset (triple fault?)" if run.exitcode == 0 else "no error output"
     )
+    last = f" after it {reached[-1]}" if reached else ""
+    return KvmVerdict(False, f"QEMU exited with status {run.exitcode}{last}: {detail}", run.seconds)
 
 
 def dev_kvm_problem(path: str = "/dev/kvm") -> str | None:
@@ -596,13 +660,11 @@ def dev_kvm_problem(path: str = "/dev/kvm") -> str | None:
     :param path: the device node (a parameter for tests).
     """
     try:
-        st = os.stat(path)
+        st = Path(path).stat()
     except FileNotFoundError:
         return f"{path} missing (no KVM module loaded, or virtualization disabled in firmware)"
     except OSError as exc:
         return f"cannot stat {path}: {exc.strerror}"
-    import stat
-
     if not stat.S_ISCHR(st.st_mode):
         return f"{path} is not a character device"
     if not os.access(path, os.R_OK | os.W_OK):
@@ -631,11 +693,7 @@ def kvm_modules(sys_module: str = "/sys/module") -> list[str]:
 
     :param sys_module: the sysfs module directory (a parameter for tests).
     """
-    return [
-        name
-        for name in ("kvm_intel", "kvm_amd", "kvm_pvm")
-        if Path(sys_module, name).exists()
-    ]
+    return [name for name in ("kvm_intel", "kvm_amd", "kvm_pvm") if Path(sys_module, name).exists()]
 
 
 def self_test(

@@ -47,7 +47,7 @@ ImageFormat = Literal["raw", "qcow2", "vmdk", "vdi"]
 #: A file name as accepted by the builders.
 PathArg = str | os.PathLike[str]
 
-#: Called with the percentage done (0.0 to 100.0) while a conversion runs.
+#: Called with the fraction done (0.0 to 1.0) while a conversion runs.
 ProgressCallback = Callable[[float], None]
 
 QEMU_IMG = "qemu-img"
@@ -565,8 +565,8 @@ class _Output:
             self.err += chunk
             del self.err[:-MAX_STDERR]
         elif self.progress is not None:
-            for value in self.parser.feed(self.decoder.decode(chunk)):
-                self.progress(value)
+            for percent in self.parser.feed(self.decoder.decode(chunk)):
+                self.progress(percent / 100.0)
         else:
             self.out += chunk
             if len(self.out) > MAX_STDOUT:
@@ -614,7 +614,8 @@ def run(
     :param limits: resource limits and timeout.
     :param ok_codes: exit statuses that are not failures.
     :param progress: if given, standard output is parsed as ``-p`` records and each new
-        percentage is passed to it (and not kept); 100.0 is passed last on success.
+        fraction done (percentage / 100) is passed to it instead of being kept; 1.0 is
+        passed last on success.
     :param pass_fds: file descriptors the process inherits (for ``/dev/fd/N`` names).
     :raise ToolError: another exit status, death by a signal, a timeout or runaway output.
     :raise HostError: qemu-img or prlimit is not installed.
@@ -645,7 +646,7 @@ def run(
         stderr = output.stderr
         raise ToolError(argv, returncode, f"{stderr}\n{note}" if note else stderr)
     if progress is not None and output.parser.last < 100.0:
-        progress(100.0)
+        progress(1.0)
     return Completed(tuple(argv), returncode, output.out.decode(errors="replace"), output.stderr)
 
 
@@ -785,7 +786,7 @@ def convert(
     :param src_fmt: its format.
     :param dst: the new image.
     :param dst_fmt: its format.
-    :param progress: called with each new percentage (0.0 to 100.0), lastly with 100.0.
+    :param progress: called with each new fraction done (0.0 to 1.0), lastly with 1.0.
     :param limits: resource limits.
     :param pass_fds: descriptors to inherit, when ``src`` is ``/dev/fd/N``.
     :raise ToolError: qemu-img failed or was killed; on interruption the process is killed

@@ -2,7 +2,7 @@
 
 * :mod:`corral.storage.images` verifies a user's file (magic bytes read by us, then
   ``qemu-img info`` and ``check`` under limits) and converts it into a standalone,
-  read-only qcow2.
+  read-only qcow2 (or, for ``corral image convert``, into any supported format).
 * :mod:`corral.storage.disks` makes VM disks: linked clones (qcow2 overlays) of images and
   blank qcow2 disks, and reports their size without running qemu-img.
 
@@ -18,9 +18,11 @@ from corral.storage.disks import (
 )
 from corral.storage.images import (
     IMPORT_FORMATS,
+    ConvertedImage,
     ImportedImage,
     ImportFormat,
     VerifiedImage,
+    convert_file,
     detect_format,
     import_image,
     verify_image,
@@ -28,10 +30,12 @@ from corral.storage.images import (
 
 __all__ = [
     "IMPORT_FORMATS",
+    "ConvertedImage",
     "DiskUsage",
     "ImportFormat",
     "ImportedImage",
     "VerifiedImage",
+    "convert_file",
     "create_blank",
     "create_clone",
     "detect_format",

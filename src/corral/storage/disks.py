@@ -63,7 +63,7 @@ def _base_size(base: Path) -> int:
         with base.open("rb") as file:
             head = file.read(QCOW2_HEADER_BYTES)
     except FileNotFoundError as exc:
-        raise ImageError(shown, "no such file") from exc
+        raise ImageError(shown, "does not exist") from exc
     except IsADirectoryError as exc:
         raise ImageError(shown, "is a directory, not an image file") from exc
     try:

@@ -15,14 +15,16 @@ An image a user hands us may be crafted. The dangers, and what this module does 
 * **Swapped files.** The source is opened once; qemu-img reads that open file through
   ``/proc/self/fd/N``, so renaming another file into place after the checks changes nothing.
 
-The result is always a fresh qcow2 written by ``qemu-img convert`` (a qcow2 source too): no
-backing file, no data file, no snapshots, no bitmaps. It appears under its final name only when
-complete, synced and read-only.
+:func:`import_image` always writes a fresh qcow2 with ``qemu-img convert`` (a qcow2 source
+too): no backing file, no data file, no snapshots, no bitmaps. It appears under its final name
+only when complete, synced and read-only. :func:`convert_file` runs the same pipeline to any of
+the four formats, for ``corral image convert``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -256,10 +258,11 @@ def _foreign_reason(name: str) -> str:
     return f"it is a {name} image; corral imports {allowed}: convert it to qcow2 first"
 
 
-def validate_format(fmt: str | None) -> ImportFormat | None:
+def validate_format(fmt: str | None, field: str = "format") -> ImportFormat | None:
     """Check a user-given format name.
 
-    :param fmt: the name, or ``None`` to detect it.
+    :param fmt: the name, or ``None`` (detect it).
+    :param field: the field named in the error.
     :raise InvalidInput: not one of :data:`IMPORT_FORMATS`.
     """
     if fmt is None:
@@ -267,9 +270,7 @@ def validate_format(fmt: str | None) -> ImportFormat | None:
     for allowed in IMPORT_FORMATS:
         if fmt == allowed:
             return allowed
-    raise InvalidInput(
-        "format", f"{fmt!r} is not supported; use one of {', '.join(IMPORT_FORMATS)}"
-    )
+    raise InvalidInput(field, f"{fmt!r} is not supported; use one of {', '.join(IMPORT_FORMATS)}")
 
 
 # --- verification ---------------------------------------------------------------------------
@@ -281,26 +282,10 @@ class VerifiedImage:
 
     #: Its format, as detected and (if given) declared.
     format: ImportFormat
-    #: What qemu-img says about it (``filename`` is the ``/proc/self/fd`` name it was read by).
+    #: What qemu-img says about it.
     info: ImageInfo
     #: What ``qemu-img check`` found (``supported`` is false for raw).
     check: CheckResult
-
-
-@dataclass(frozen=True)
-class ImportedImage:
-    """A file imported into the catalogue's directory."""
-
-    #: The new qcow2 file (read-only).
-    path: Path
-    #: The format the source was in.
-    source_format: ImportFormat
-    #: Virtual size in bytes.
-    virtual_size: int
-    #: Bytes the new file occupies on the host.
-    actual_size: int
-    #: SHA-256 of the new file, hex.
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -332,7 +317,7 @@ def _open_source(path: Path) -> Iterator[_Source]:
         # O_NONBLOCK: opening a FIFO must not hang; it is refused below.
         fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as exc:
-        raise ImageError(shown, "no such file") from exc
+        raise ImageError(shown, "does not exist") from exc
     except OSError as exc:
         raise ImageError(shown, f"cannot open it: {exc.strerror}") from exc
     try:
@@ -427,7 +412,18 @@ def _verify(source: _Source, declared: ImportFormat | None) -> VerifiedImage:
         raise source.refuse(f"it is corrupt: qemu-img check found {result.corruptions} errors")
     if result.check_errors:
         raise source.refuse(f"qemu-img check could not complete ({result.check_errors} errors)")
-    return VerifiedImage(format=fmt, info=info, check=result)
+    return VerifiedImage(format=fmt, info=_renamed(info, source), check=result)
+
+
+def _renamed(info: ImageInfo, source: _Source) -> ImageInfo:
+    """``info`` with the user's file name in place of the ``/proc/self/fd`` one."""
+    extents = tuple(
+        dataclasses.replace(extent, filename=source.shown)
+        if extent.filename == source.fd_path
+        else extent
+        for extent in info.vmdk_extents
+    )
+    return dataclasses.replace(info, filename=source.shown, vmdk_extents=extents)
 
 
 def verify_image(path: Path, fmt: str | None = None) -> VerifiedImage:
@@ -445,7 +441,35 @@ def verify_image(path: Path, fmt: str | None = None) -> VerifiedImage:
         return _verify(source, declared)
 
 
-# --- import ---------------------------------------------------------------------------------
+# --- import and conversion -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportedImage:
+    """A file imported into the catalogue's directory."""
+
+    #: The new qcow2 file (read-only).
+    path: Path
+    #: The format the source was in.
+    source_format: ImportFormat
+    #: Virtual size in bytes.
+    virtual_size: int
+    #: Bytes the new file occupies on the host.
+    actual_size: int
+    #: SHA-256 of the new file, hex.
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ConvertedImage:
+    """A verified file converted to a new file in any of :data:`IMPORT_FORMATS`."""
+
+    path: Path
+    source_format: ImportFormat
+    #: The new file's format.
+    format: ImportFormat
+    virtual_size: int
+    actual_size: int
 
 
 def _sync_dir(directory: Path) -> None:
@@ -456,21 +480,25 @@ def _sync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _hash_and_sync(path: Path) -> str:
-    digest = hashlib.sha256()
+def _sync(path: Path, digest: bool) -> str | None:
+    """fsync ``path``; with ``digest``, also return its SHA-256 (read while syncing)."""
     with path.open("rb") as file:
-        while chunk := file.read(1024 * 1024):
-            digest.update(chunk)
+        hexdigest = None
+        if digest:
+            hasher = hashlib.sha256()
+            while chunk := file.read(1024 * 1024):
+                hasher.update(chunk)
+            hexdigest = hasher.hexdigest()
         os.fsync(file.fileno())
-    return digest.hexdigest()
+    return hexdigest
 
 
-def _publish(tmp: Path, dest: Path) -> None:
+def _publish(tmp: Path, dest: Path, kind: str) -> None:
     """Give ``tmp`` the name ``dest`` atomically, never replacing an existing ``dest``."""
     try:
         os.link(tmp, dest)
     except FileExistsError as exc:
-        raise AlreadyExists("image file", str(dest)) from exc
+        raise AlreadyExists(kind, str(dest)) from exc
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
             raise
@@ -480,15 +508,70 @@ def _publish(tmp: Path, dest: Path) -> None:
     tmp.unlink()
 
 
-def _convert(
-    source: _Source, fmt: ImportFormat, tmp: Path, progress: ProgressCallback | None
-) -> None:
-    try:
-        img.convert(source.fd_path, fmt, tmp, "qcow2", progress, pass_fds=(source.fd,))
-    except ToolError as exc:
-        if "while reading" in exc.stderr:
-            raise source.refuse(f"cannot be read: {source.tool_reason(exc)}") from exc
-        raise
+@dataclass(frozen=True)
+class _Written:
+    verified: VerifiedImage
+    info: ImageInfo
+    sha256: str | None
+
+
+def _write(
+    src: Path,
+    dest: Path,
+    declared: ImportFormat | None,
+    to: ImportFormat,
+    progress: ProgressCallback | None,
+    *,
+    kind: str,
+    mode: int | None,
+    digest: bool,
+) -> _Written:
+    """Verify ``src`` and convert it to ``dest`` through a temporary file; the shared pipeline.
+
+    :param mode: permission bits of the result; ``None`` takes the source's (read/write bits).
+    """
+    if dest.exists():
+        raise AlreadyExists(kind, str(dest))
+    with _open_source(src) as source:
+        verified = _verify(source, declared)
+        try:
+            # The data to copy; a good estimate for every output format (raw stays sparse).
+            needed = img.measure(source.fd_path, verified.format, pass_fds=(source.fd,)).required
+        except ToolError as exc:
+            raise source.refuse(f"qemu-img measure failed: {source.tool_reason(exc)}") from exc
+        free = shutil.disk_usage(dest.parent).free
+        if needed > free:
+            raise HostError(
+                f"not enough space in {dest.parent}: the image needs {format_size(needed)}, "
+                f"{format_size(free)} is free"
+            )
+        if mode is None:
+            mode = stat.S_IMODE(os.fstat(source.fd).st_mode) & 0o666
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            try:
+                img.convert(
+                    source.fd_path, verified.format, tmp, to, progress, pass_fds=(source.fd,)
+                )
+            except ToolError as exc:
+                if "while reading" in exc.stderr:
+                    raise source.refuse(f"cannot be read: {source.tool_reason(exc)}") from exc
+                raise
+            info = img.info(tmp, to)
+            sha256 = _sync(tmp, digest)
+            tmp.chmod(mode)
+            _publish(tmp, dest, kind)
+            _sync_dir(dest.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return _Written(verified=verified, info=info, sha256=sha256)
+
+
+def _on_host(info: ImageInfo, path: Path) -> int:
+    return info.actual_size if info.actual_size is not None else path.stat().st_blocks * 512
 
 
 def import_image(
@@ -499,14 +582,15 @@ def import_image(
 ) -> ImportedImage:
     """Verify an untrusted file and convert it into a standalone, read-only qcow2 at ``dest``.
 
-    The conversion writes a temporary file in ``dest``'s directory, syncs it, makes it
-    read-only (0444) and then gives it its name; on any failure or interruption the temporary
-    file is removed.
+    A qcow2 source is converted too, so the result never has a backing file, a data file,
+    snapshots or bitmaps. The conversion writes a temporary file in ``dest``'s directory,
+    syncs it, makes it read-only (0444), then links it to its name; on any failure or
+    interruption (``KeyboardInterrupt`` included) the temporary file is removed.
 
     :param src: the user's file.
     :param dest: the new image file; its directory must exist.
     :param fmt: the format the user says ``src`` is in; ``None`` to detect it.
-    :param progress: called with the conversion's percentage done (0.0 to 100.0).
+    :param progress: called with the fraction of the conversion done (0.0 to 1.0).
     :raise InvalidInput: ``fmt`` is not one of :data:`IMPORT_FORMATS`.
     :raise ImageError: the file is refused (see :func:`verify_image`) or unreadable.
     :raise AlreadyExists: ``dest`` exists.
@@ -514,38 +598,49 @@ def import_image(
     :raise ToolError: qemu-img failed writing the new image.
     """
     declared = validate_format(fmt)
-    if dest.exists():
-        raise AlreadyExists("image file", str(dest))
-    with _open_source(src) as source:
-        verified = _verify(source, declared)
-        try:
-            needed = img.measure(source.fd_path, verified.format, pass_fds=(source.fd,)).required
-        except ToolError as exc:
-            raise source.refuse(f"qemu-img measure failed: {source.tool_reason(exc)}") from exc
-        free = shutil.disk_usage(dest.parent).free
-        if needed > free:
-            raise HostError(
-                f"not enough space in {dest.parent}: the image needs {format_size(needed)}, "
-                f"{format_size(free)} is free"
-            )
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            _convert(source, verified.format, tmp, progress)
-            result = img.info(tmp, "qcow2")
-            sha256 = _hash_and_sync(tmp)
-            tmp.chmod(0o444)
-            _publish(tmp, dest)
-            _sync_dir(dest.parent)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    used = result.actual_size if result.actual_size is not None else dest.stat().st_blocks * 512
+    written = _write(
+        src, dest, declared, "qcow2", progress, kind="image file", mode=0o444, digest=True
+    )
+    assert written.sha256 is not None
     return ImportedImage(
         path=dest,
-        source_format=verified.format,
-        virtual_size=result.virtual_size,
-        actual_size=used,
-        sha256=sha256,
+        source_format=written.verified.format,
+        virtual_size=written.info.virtual_size,
+        actual_size=_on_host(written.info, dest),
+        sha256=written.sha256,
+    )
+
+
+def convert_file(
+    src: Path,
+    dest: Path,
+    to: str = "qcow2",
+    fmt: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> ConvertedImage:
+    """Verify an untrusted file like :func:`import_image` and convert it to ``to`` at ``dest``.
+
+    The new file gets the source's read/write permission bits; it appears only when complete.
+
+    :param src: the file to read.
+    :param dest: the file to write; must not exist.
+    :param to: the new file's format, one of :data:`IMPORT_FORMATS` (vmdk: monolithicSparse).
+    :param fmt: the format the user says ``src`` is in; ``None`` to detect it.
+    :param progress: called with the fraction of the conversion done (0.0 to 1.0).
+    :raise InvalidInput: ``fmt`` or ``to`` is not one of :data:`IMPORT_FORMATS`.
+    :raise ImageError: the file is refused (see :func:`verify_image`) or unreadable.
+    :raise AlreadyExists: ``dest`` exists.
+    :raise HostError: not enough free space, or a missing tool.
+    :raise ToolError: qemu-img failed writing the new file.
+    """
+    declared = validate_format(fmt)
+    target = validate_format(to, "to")
+    assert target is not None
+    written = _write(src, dest, declared, target, progress, kind="file", mode=None, digest=False)
+    return ConvertedImage(
+        path=dest,
+        source_format=written.verified.format,
+        format=target,
+        virtual_size=written.info.virtual_size,
+        actual_size=_on_host(written.info, dest),
     )

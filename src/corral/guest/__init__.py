@@ -1,0 +1,33 @@
+"""The reference guest: a tiny Linux built from Debian packages, for tests, demos and benchmarks.
+
+:func:`build_reference_guest` builds it (or returns the cached build);
+:func:`cached_reference_guest` only looks it up.
+"""
+
+from corral.guest.build import (
+    HEARTBEAT_PREFIX,
+    INITRAMFS_ERROR_PREFIX,
+    KERNEL_CMDLINE,
+    POWEROFF_MARKER,
+    READY_MARKER,
+    REBOOT_MARKER,
+    PackagePin,
+    ReferenceGuest,
+    build_reference_guest,
+    cached_reference_guest,
+    recipe_key,
+)
+
+__all__ = [
+    "HEARTBEAT_PREFIX",
+    "INITRAMFS_ERROR_PREFIX",
+    "KERNEL_CMDLINE",
+    "POWEROFF_MARKER",
+    "READY_MARKER",
+    "REBOOT_MARKER",
+    "PackagePin",
+    "ReferenceGuest",
+    "build_reference_guest",
+    "cached_reference_guest",
+    "recipe_key",
+]

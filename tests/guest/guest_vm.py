@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -214,10 +215,24 @@ class GuestVM:
                 time.sleep(POLL)
 
     def type(self, text: str) -> None:
-        """Send keystrokes to the serial console."""
+        """Send keystrokes to the serial console.
+
+        The connection is drained by a thread: QEMU writes the guest's output to the socket a
+        byte at a time, and a client that does not read stalls the guest's console (and every
+        writer to it) after a few hundred bytes. The log file has everything anyway.
+        """
         if self._serial is None:
             self._serial = self._connect(self.serial_sock)
+            threading.Thread(target=self._drain, args=(self._serial,), daemon=True).start()
         self._serial.sendall(text.encode())
+
+    @staticmethod
+    def _drain(sock: socket.socket) -> None:
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
 
     def shell(self, command: str, timeout: float = 30.0) -> str:
         """Run a command in the guest's console shell; return its output.

@@ -383,16 +383,23 @@ def test_raw_layer_with_backing_is_refused() -> None:
 
 
 def test_e1000_on_microvm_is_invalid() -> None:
-    spec = make_spec(machine="microvm", nics=[{"model": "e1000"}])
+    spec = make_spec(machine="microvm", nics=[{"model": "virtio-net-pci"}])
     with pytest.raises(InvalidInput) as err:
-        build(spec)
+        build(
+            spec.model_copy(update={"nics": (spec.nics[0].model_copy(update={"model": "e1000"}),)})
+        )
     assert err.value.field == "nics.0.model"
+    with pytest.raises(InvalidInput, match="no PCI bus for e1000"):
+        make_spec(machine="microvm", nics=[{"model": "e1000"}])
 
 
 @pytest.mark.parametrize("machine", ["isapc", "none", "xenfv"])
 def test_unknown_machine_family_is_invalid(machine: str) -> None:
     with pytest.raises(InvalidInput) as err:
-        build(make_spec(machine=machine))
+        build(make_spec().model_copy(update={"machine": machine}))
+    assert err.value.field == "machine"
+    with pytest.raises(InvalidInput) as err:
+        make_spec(machine=machine)
     assert err.value.field == "machine"
 
 

@@ -577,7 +577,7 @@ def probe(
 
     device_problem = kvm.dev_kvm_problem()
     current_boot = boot_id()
-    cpu = kvm.DEFAULT_CPU
+    cpu = kvm.KVM_CPU
     verdict: KvmVerdict | None = None
     if kvm_entry_valid(kvm_part, current_boot, cpu, device_problem or ""):
         assert isinstance(kvm_part, dict)

@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -208,13 +209,25 @@ class VmSpec(_Frozen):
     memory: MemorySize = 512 * MiB
     #: QEMU machine type; ``pc`` boots every time under TCG with PVH (see docs/guests.md).
     machine: str = Field(default="pc", pattern=QEMU_IDENT_PATTERN)
-    #: CPU model; ``None`` picks ``host`` under KVM and QEMU's default under TCG.
+    #: CPU model; ``None`` picks ``host`` under KVM and ``qemu64`` (QEMU's default) under TCG.
     cpu: str | None = Field(default=None, pattern=QEMU_IDENT_PATTERN)
     disks: tuple[DiskSpec, ...] = ()
     boot: BootSpec = BootSpec()
     nics: tuple[NicSpec, ...] = ()
     serial: SerialSpec = SerialSpec()
     vnc: VncSpec | None = None
+
+    @field_serializer("memory")
+    def dump_memory(self, value: int) -> str:
+        """Memory is saved with its unit, so that reading it back never reinterprets it."""
+        return f"{value // MiB}M"
+
+    @field_validator("machine")
+    @classmethod
+    def check_machine(cls, value: str) -> str:
+        if value not in ("pc", "q35", "microvm") and not value.startswith("pc-"):
+            raise ValueError("must be pc, q35, microvm or a versioned pc-* type")
+        return value
 
     @field_validator("memory")
     @classmethod
@@ -235,7 +248,7 @@ class VmSpec(_Frozen):
         nic_names = [n.name for n in self.nics]
         if len(set(nic_names)) != len(nic_names):
             raise ValueError("nic names must be unique")
-        macs = [n.mac for n in self.nics if n.mac is not None]
+        macs = [self.nic_mac(i) for i in range(len(self.nics))]
         if len(set(macs)) != len(macs):
             raise ValueError("nic MAC addresses must be unique")
         ports = [(f.protocol, f.host_addr, f.host_port) for n in self.nics for f in n.forwards]
@@ -245,6 +258,8 @@ class VmSpec(_Frozen):
             raise ValueError("firmware boot needs at least one disk")
         if self.machine == "microvm" and self.boot.kind != "kernel":
             raise ValueError("machine 'microvm' has no firmware disk boot; use kernel boot")
+        if self.machine == "microvm" and any(n.model == "e1000" for n in self.nics):
+            raise ValueError("machine 'microvm' has no PCI bus for e1000; use virtio-net-pci")
         return self
 
     def nic_mac(self, index: int) -> str:

@@ -84,18 +84,31 @@ class GuestShell:
         self.socket = str(vm_dir / "serial.sock")
         self.log = vm_dir / "serial.log"
 
+    def _lines_after(self, start: int) -> list[str]:
+        text = self.log.read_bytes()[start:].decode(errors="replace").replace("\r", "")
+        return text.split("\n")
+
     def run(self, command: str, timeout: float = 30.0) -> str:
-        """Run ``command``; return what it printed (between two unique markers)."""
+        """Run ``command``; return what it printed (between two unique markers).
+
+        The shell may not be reading the console yet right after the ready marker (init starts
+        it after rcS), so a unique ``echo`` is repeated until the shell answers it.
+        """
         tag = uuid.uuid4().hex[:10]
         start = self.log.stat().st_size
-        line = f"echo B-{tag}; {command}; echo E-{tag}\n"
+        deadline = time.monotonic() + timeout
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(self.socket)
-            sock.sendall(line.encode())
-            deadline = time.monotonic() + timeout
+            next_sync = 0.0
+            while f"S-{tag}" not in self._lines_after(start):
+                assert time.monotonic() < deadline, f"the guest shell never answered ({command!r})"
+                if time.monotonic() >= next_sync:
+                    sock.sendall(f"echo S-{tag}\n".encode())
+                    next_sync = time.monotonic() + 1.0
+                time.sleep(0.05)
+            sock.sendall(f"echo B-{tag}; {command}; echo E-{tag}\n".encode())
             while time.monotonic() < deadline:
-                text = self.log.read_bytes()[start:].decode(errors="replace").replace("\r", "")
-                lines = text.split("\n")
+                lines = self._lines_after(start)
                 if f"E-{tag}" in lines:
                     begin = lines.index(f"B-{tag}")
                     end = lines.index(f"E-{tag}")

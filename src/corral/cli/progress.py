@@ -12,7 +12,7 @@ from corral.cli.render import err
 
 @contextmanager
 def phases(description: str) -> Iterator[Callable[[str, float], None]]:
-    """A progress bar on stderr whose label follows named phases.
+    """A progress bar on stderr whose label follows named phases; it vanishes when done.
 
     Yields ``update(phase, fraction)`` with ``fraction`` in 0..1.
     """
@@ -22,6 +22,7 @@ def phases(description: str) -> Iterator[Callable[[str, float], None]]:
         TaskProgressColumn(),
         TimeElapsedColumn(),
         console=err,
+        transient=True,
     ) as progress:
         task = progress.add_task(description, total=1.0)
 
@@ -30,7 +31,6 @@ def phases(description: str) -> Iterator[Callable[[str, float], None]]:
             progress.update(task, description=label, completed=max(0.0, min(1.0, fraction)))
 
         yield update
-        progress.update(task, description=f"{description}: done", completed=1.0)
 
 
 @contextmanager

@@ -150,7 +150,7 @@ def reconcile(vm: Vm, ask_monitor: bool = True) -> VmState:
             status = None
     seen = Observation(
         alive=proc is not None,
-        exit=None if proc is not None else process.read_exit(vm.paths),
+        exit=None if proc is not None else process.await_exit(vm.paths),
         qmp_status=status,
     )
     new, reason = observed_state(recorded, seen)

@@ -116,7 +116,7 @@ class HostCaps(BaseModel):
     kvm_test: str = ""
 
 
-# --- Finding the binary ----------------------------------------------------------------------
+# --- Finding the binary -----------------------------------------------------------------------
 
 
 def find_qemu() -> str:
@@ -154,7 +154,7 @@ def binary_identity(binary: str) -> dict[str, Any]:
     return {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
 
-# --- Host facts read on every call -----------------------------------------------------------
+# --- Host facts read on every call ------------------------------------------------------------
 
 
 def boot_id(path: str = "/proc/sys/kernel/random/boot_id") -> str:
@@ -474,7 +474,7 @@ def decide_accel(
     return "tcg", reason
 
 
-# --- Cache --------------------------------------------------------------------------------------
+# --- Cache ------------------------------------------------------------------------------------
 
 
 def cache_path(cache_dir: Path, real_binary: str) -> Path:
@@ -507,14 +507,20 @@ def write_cache(path: Path, data: dict[str, Any]) -> None:
     :param path: the cache file.
     :param data: its content.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    import tempfile
+
+    tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o644)  # not secret; mkstemp's 0600 would hide it from other users
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, sort_keys=True)
+        Path(tmp).replace(path)
     except OSError as exc:
         _log.warning("cannot write host capability cache %s: %s", path, exc)
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def kvm_entry_valid(entry: Any, current_boot: str, cpu: str, device_state: str) -> bool:
@@ -536,7 +542,7 @@ def kvm_entry_valid(entry: Any, current_boot: str, cpu: str, device_state: str) 
     )
 
 
-# --- The probe ----------------------------------------------------------------------------------
+# --- The probe --------------------------------------------------------------------------------
 
 
 def probe(
@@ -557,7 +563,7 @@ def probe(
     from corral.host import kvm
 
     override = accel_override()
-    binary = qemu_binary or find_qemu()
+    binary = find_qemu() if qemu_binary is None else _absolute_binary(qemu_binary)
     identity = binary_identity(binary)
     if cache_dir is None:
         from corral.config import default_cache
@@ -573,7 +579,7 @@ def probe(
         qemu_part = query_qemu(binary)
         kvm_part = None
         dirty = True
-    accelerators = frozenset(qemu_part["accelerators"])
+    accelerators = frozenset(qemu_part.get("accelerators", ()))
 
     device_problem = kvm.dev_kvm_problem()
     current_boot = boot_id()
@@ -603,19 +609,34 @@ def probe(
 
     accel, reason = decide_accel(override, accelerators, device_problem, verdict)
     ovmf_code, ovmf_vars = find_ovmf()
-    return HostCaps(
-        qemu_binary=binary,
-        qemu_version=tuple(qemu_part["version"]),
-        machines=qemu_part["machines"],
-        devices=frozenset(qemu_part["devices"]),
-        accelerators=accelerators,
-        accel=accel,
-        kvm_reason=reason,
-        seccomp=bool(qemu_part["seccomp"]),
-        ovmf_code=ovmf_code,
-        ovmf_vars=ovmf_vars,
-        host_cpus=host_cpus(),
-        host_memory=read_meminfo().get("MemTotal", 0),
-        cpu_models=frozenset(qemu_part.get("cpu_models", [])),
-        kvm_test=verdict.reason if verdict is not None else "",
-    )
+    try:
+        return HostCaps(
+            qemu_binary=binary,
+            qemu_version=tuple(qemu_part["version"]),
+            machines=qemu_part["machines"],
+            devices=frozenset(qemu_part["devices"]),
+            accelerators=accelerators,
+            accel=accel,
+            kvm_reason=reason,
+            seccomp=bool(qemu_part["seccomp"]),
+            ovmf_code=ovmf_code,
+            ovmf_vars=ovmf_vars,
+            host_cpus=host_cpus(),
+            host_memory=read_meminfo().get("MemTotal", 0),
+            cpu_models=frozenset(qemu_part.get("cpu_models", [])),
+            kvm_test=verdict.reason if verdict is not None else "",
+        )
+    except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
+        if dirty:  # fresh from QEMU: a bug, not a stale file
+            raise
+        _log.warning("ignoring unusable host capability cache %s", path)
+        return probe(binary, cache_dir, refresh=True)
+
+
+def _absolute_binary(binary: str) -> str:
+    """``binary`` as an absolute path, looked up on ``$PATH`` when it is a bare name."""
+    if os.sep not in binary:
+        found = shutil.which(binary)
+        if found:
+            return str(Path(found).absolute())
+    return str(Path(binary).absolute())

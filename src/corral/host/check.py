@@ -86,7 +86,7 @@ class HostFacts:
     notes: tuple[str, ...] = field(default=())
 
 
-# --- Gathering -----------------------------------------------------------------------------------
+# --- Gathering --------------------------------------------------------------------------------
 
 
 def _bridge_support(release: str) -> str | None:
@@ -168,7 +168,7 @@ def gather_facts(
     )
 
 
-# --- Judging (pure) -------------------------------------------------------------------------------
+# --- Judging (pure) ---------------------------------------------------------------------------
 
 _NOT_PROBED = "not checked: QEMU could not be probed"
 
@@ -233,7 +233,8 @@ def _selftest_check(f: HostFacts) -> Check:
         if f.accel_override == "kvm":
             return Check(name, Status.WARN, f"skipped: KVM forced by {ACCEL_ENV}=kvm")
         return Check(name, Status.PASS, caps.kvm_test or "KVM in use")
-    return Check(name, Status.WARN, f"falling back to TCG (slow): {caps.kvm_reason}")
+    reason = caps.kvm_reason.removeprefix("KVM self-test failed: ")  # the row says so
+    return Check(name, Status.WARN, f"falling back to TCG (slow): {reason}")
 
 
 def _tcg_check(f: HostFacts) -> Check:

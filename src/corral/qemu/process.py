@@ -73,6 +73,18 @@ class Runtime:
     pid: int
     start_ticks: int
     started_at: float
+    #: The ``sh`` supervisor that records QEMU's exit status, and its start time.
+    supervisor_pid: int | None = None
+    supervisor_start: int | None = None
+
+    @classmethod
+    def load(cls, vm_dir: Path) -> Runtime | None:
+        try:
+            data = json.loads((vm_dir / "runtime.json").read_text())
+            data["argv"] = tuple(data["argv"])
+            return cls(**data)
+        except (FileNotFoundError, ValueError, TypeError, KeyError):
+            return None
 
     def save(self, vm_dir: Path) -> None:
         tmp = vm_dir / "runtime.json.tmp"
@@ -189,8 +201,36 @@ def launch(argv: Sequence[str], paths: VmPaths, timeout: float = 30.0) -> QemuPr
     if ticks is None:
         raise LaunchError(argv, None, [*_qemu_output(log), "QEMU exited right after start"])
     proc = QemuProcess(pid, ticks)
-    Runtime(tuple(argv), pid, ticks, time.time()).save(Path(paths.root))
+    supervisor = parent_pid(pid)
+    supervisor_ticks = start_ticks(supervisor) if supervisor else None
+    Runtime(tuple(argv), pid, ticks, time.time(), supervisor, supervisor_ticks).save(
+        Path(paths.root)
+    )
     return proc
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (``None`` if it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(raw[raw.rindex(")") + 2 :].split()[1])
+
+
+def await_exit(paths: VmPaths, timeout: float = 5.0) -> ExitRecord | None:
+    """The exit record of a QEMU that has ended, waiting for its supervisor to write it.
+
+    QEMU's death is visible a moment before the supervisor has recorded how it died.
+    """
+    record = read_exit(paths)
+    if record is not None:
+        return record
+    runtime = Runtime.load(Path(paths.root))
+    if runtime is None or runtime.supervisor_pid is None or runtime.supervisor_start is None:
+        return None
+    wait_exit(QemuProcess(runtime.supervisor_pid, runtime.supervisor_start), timeout)
+    return read_exit(paths)
 
 
 def _qemu_output(log: Path) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import select
 from corral.compute import records
 from corral.compute.context import Corral
 from corral.compute.lifecycle import vm_lock
+from corral.compute.locks import ObjectLock
 from corral.compute.state import Op, VmState, require
 from corral.errors import AlreadyExists, InvalidInput, NotFound
 from corral.spec import parse
@@ -122,50 +124,58 @@ def create(ctx: Corral, req: CreateRequest) -> VmSpec:
     :raise AlreadyExists: the name is taken.
     :raise NotFound: the image does not exist.
     """
+    check_name(req.name)
+    with ExitStack() as locks:
+        locks.enter_context(vm_lock(ctx, req.name))
+        if req.image is not None:
+            # Held until the record exists, so the image cannot be deleted under the clone.
+            locks.enter_context(ObjectLock(ctx.home.locks, "image", req.image))
+        return _create_locked(ctx, req)
+
+
+def _create_locked(ctx: Corral, req: CreateRequest) -> VmSpec:
     from corral.spec.validate import validate_spec
     from corral.storage.disks import create_blank, create_clone
 
-    check_name(req.name)
-    with vm_lock(ctx, req.name):
+    with ctx.db.session() as session:
+        if session.scalars(select(VmRow.id).where(VmRow.name == req.name)).first():
+            raise AlreadyExists("vm", req.name)
+        image = None
+        if req.image is not None:
+            image = session.scalars(select(ImageRow).where(ImageRow.name == req.image)).first()
+            if image is None:
+                raise NotFound("image", req.image)
+    spec = build_spec(req, image)
+    validate_spec(spec, ctx.caps)
+    paths = records.vm_paths(ctx, spec)
+    root = Path(paths.root)
+    # A directory without a record is what an interrupted create leaves; we hold the name.
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(mode=0o700, parents=True)
+    try:
+        for disk in spec.disks:
+            files = paths.disks[disk.name]
+            if files.backing:
+                create_clone(Path(files.backing[0].path), Path(files.top.path), disk.size)
+            else:
+                assert disk.size is not None
+                create_blank(Path(files.top.path), disk.size)
         with ctx.db.session() as session:
-            if session.scalars(select(VmRow.id).where(VmRow.name == req.name)).first():
-                raise AlreadyExists("vm", req.name)
-            image = None
-            if req.image is not None:
-                image = session.scalars(select(ImageRow).where(ImageRow.name == req.image)).first()
-                if image is None:
-                    raise NotFound("image", req.image)
-        spec = build_spec(req, image)
-        validate_spec(spec, ctx.caps)
-        paths = records.vm_paths(ctx, spec)
-        root = Path(paths.root)
-        # A directory without a record is what an interrupted create leaves; we hold the name.
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(mode=0o700, parents=True)
-        try:
-            for disk in spec.disks:
-                files = paths.disks[disk.name]
-                if files.backing:
-                    create_clone(Path(files.backing[0].path), Path(files.top.path), disk.size)
-                else:
-                    assert disk.size is not None
-                    create_blank(Path(files.top.path), disk.size)
-            with ctx.db.session() as session:
-                session.add(
-                    VmRow(
-                        id=str(spec.uuid),
-                        name=spec.name,
-                        spec=spec.model_dump_json(),
-                        state=VmState.DEFINED.value,
-                        image=req.image,
-                        ready_marker=image.ready_marker if image else None,
-                        reason="defined",
-                    )
+            session.add(
+                VmRow(
+                    id=str(spec.uuid),
+                    name=spec.name,
+                    spec=spec.model_dump_json(),
+                    state=VmState.DEFINED.value,
+                    image=req.image,
+                    ready_marker=image.ready_marker if image else None,
+                    reason="defined",
                 )
-        except BaseException:
-            shutil.rmtree(root, ignore_errors=True)
-            raise
-        return spec
+            )
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return spec
 
 
 def delete(ctx: Corral, name: str, keep_disks: bool = False) -> list[Path]:

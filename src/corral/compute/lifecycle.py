@@ -8,9 +8,11 @@ leaves a record that :func:`corral.compute.records.reconcile` understands.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from corral.compute import records
 from corral.compute.context import Corral
@@ -18,7 +20,7 @@ from corral.compute.locks import ObjectLock
 from corral.compute.records import Vm
 from corral.compute.serial import log_size, wait_for_line
 from corral.compute.state import Op, VmState, require
-from corral.errors import GuestTimeout, LaunchError, MonitorError
+from corral.errors import GuestTimeout, HostError, LaunchError, MonitorError
 from corral.qemu import process
 from corral.qemu.monitor import Monitor
 
@@ -84,6 +86,7 @@ def start(ctx: Corral, name: str, wait: bool = False, timeout: float = READY_TIM
         previous = vm.state
         validate_spec(vm.spec, ctx.caps)
         argv = build_argv(vm.spec, ctx.caps, vm.paths)
+        _ensure_uefi_vars(ctx, vm)
         process.clear_runtime(vm.paths)
         process.rotate_logs(vm.paths)
         offset = log_size(vm.paths.serial_log)
@@ -101,6 +104,22 @@ def start(ctx: Corral, name: str, wait: bool = False, timeout: float = READY_TIM
             return Outcome(name, VmState.RUNNING, f"pid {proc.pid}")
         seconds = _wait_ready(vm, proc, offset, timeout)
         return Outcome(name, VmState.RUNNING, "ready", seconds)
+
+
+def _ensure_uefi_vars(ctx: Corral, vm: Vm) -> None:
+    """Give a UEFI VM its own copy of OVMF's variable store (its NVRAM) on first start."""
+    spec = vm.spec
+    if spec.boot.kind != "firmware" or spec.boot.firmware != "uefi" or not vm.paths.ovmf_vars:
+        return
+    dest = Path(vm.paths.ovmf_vars)
+    if dest.exists():
+        return
+    template = ctx.caps.ovmf_vars
+    if template is None:
+        raise HostError("UEFI needs OVMF's variable store template (apt-get install ovmf)")
+    tmp = dest.with_suffix(".tmp")
+    shutil.copyfile(template, tmp)
+    tmp.replace(dest)
 
 
 def _wait_ready(vm: Vm, proc: process.QemuProcess, offset: int, timeout: float) -> float:

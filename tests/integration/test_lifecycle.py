@@ -202,3 +202,30 @@ def test_launch_failure_carries_argv_and_qemu_words_and_changes_nothing(ctx: Cor
             assert not (ctx.home.vm_dir("busyport") / "qmp.sock").exists()
         finally:
             delete(ctx, "busyport")
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_firmware_boot_from_a_blank_disk(ctx: Corral, firmware: str) -> None:
+    from corral.compute.define import CreateRequest, create, delete
+    from corral.qemu.monitor import Monitor
+
+    if firmware == "uefi" and ctx.caps.ovmf_code is None:
+        pytest.skip("OVMF is not installed")
+    name = f"fw-{firmware}"
+    create(ctx, CreateRequest(name=name, disk_size="64M", memory="128M", firmware=firmware))
+    try:
+        lifecycle.start(ctx, name)
+        with Monitor(str(ctx.home.vm_dir(name) / "qmp.sock")) as mon:
+            assert mon.query_status() == "running"
+            block = {b["device"] or b["qdev"]: b for b in mon.query_block()}
+        assert any("root" in key for key in block)
+        if firmware == "uefi":
+            assert (ctx.home.vm_dir(name) / "OVMF_VARS.fd").stat().st_size > 0
+            log = ctx.home.vm_dir(name) / "serial.log"
+            deadline = time.monotonic() + 60
+            while b"BdsDxe" not in log.read_bytes():  # OVMF's boot manager on the console
+                assert time.monotonic() < deadline, "OVMF printed nothing"
+                time.sleep(0.1)
+        lifecycle.destroy(ctx, name)
+    finally:
+        delete(ctx, name)

@@ -95,6 +95,9 @@ def create(
         typer.Option(help="Forward a host port: [tcp|udp:][ADDR:]HOSTPORT:GUESTPORT (repeatable)."),
     ] = None,
     vnc: Annotated[bool, typer.Option(help="Add a VNC display on a UNIX socket.")] = False,
+    firmware: Annotated[
+        str, typer.Option(help="bios or uefi, for images that boot from disk.")
+    ] = "bios",
     start: Annotated[bool, typer.Option("--start", help="Start it right away.")] = False,
     wait: Wait = False,
 ) -> None:
@@ -114,6 +117,7 @@ def create(
         cpu=cpu,
         forwards=tuple(forward or ()),
         vnc=vnc,
+        firmware=firmware,
     )
     with open_corral() as ctx:
         spec = do_create(ctx, req)

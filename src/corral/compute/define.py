@@ -40,6 +40,8 @@ class CreateRequest:
     #: Host port forwards: ``[tcp:][ADDR:]HOSTPORT:GUESTPORT``.
     forwards: tuple[str, ...] = ()
     vnc: bool = False
+    #: Firmware for VMs that boot from disk (images without a kernel).
+    firmware: str = "bios"
     #: Extra fields merged into the spec (advanced use and tests).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -74,7 +76,7 @@ def build_spec(req: CreateRequest, image: ImageRow | None) -> VmSpec:
     :raise InvalidInput: naming the offending field.
     """
     disks: list[dict[str, Any]] = []
-    boot: dict[str, Any] = {"kind": "firmware"}
+    boot: dict[str, Any] = {"kind": "firmware", "firmware": req.firmware}
     if image is not None:
         root: dict[str, Any] = {"name": "root", "image": image.name}
         if req.disk_size is not None:

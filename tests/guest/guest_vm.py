@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shutil
 import socket
@@ -98,7 +97,9 @@ class GuestVM:
                     **{"node-name": "base-file", "read-only": True},
                 ),
                 "-blockdev",
-                _blockdev(driver="qcow2", file="base-file", **{"node-name": "base", "read-only": True}),
+                _blockdev(
+                    driver="qcow2", file="base-file", **{"node-name": "base", "read-only": True}
+                ),
                 "-blockdev",
                 _blockdev(driver="file", filename=str(self.overlay), **{"node-name": "top-file"}),
                 "-blockdev",
@@ -139,9 +140,7 @@ class GuestVM:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise GuestError(
-                f"QEMU still runs after {timeout:.0f} s\n{self.tail()}"
-            ) from None
+            raise GuestError(f"QEMU still runs after {timeout:.0f} s\n{self.tail()}") from None
 
     def kill(self) -> None:
         for sock in (self._serial, self._qmp):
@@ -237,20 +236,24 @@ class GuestVM:
     def shell(self, command: str, timeout: float = 30.0) -> str:
         """Run a command in the guest's console shell; return its output.
 
-        The end marker is computed by the shell (``$((…))``), so the echo of the typed line
-        never matches it.
+        The output is framed by marker lines that the shell computes (``$((…))``), so the echo
+        of the typed line, however the line editor wraps it, never matches them.
         """
         token = next(_tokens)
+        begin, end = token * 1000 + 1, token * 1000 + 7
         start = len(self.log())
-        self.type(f"{command}; echo corral-test-$(({token}*1000+7))-done\n")
-        match = self.wait_for(rf"^corral-test-{token * 1000 + 7}-done$", timeout, start)
-        output = self.log()[start : match.start()]
-        lines = output.splitlines()
-        # drop the echoed command line and heartbeats
+        self.type(
+            f"echo corral-test-$(({token}*1000+1))-begin; {command}; "
+            f"echo corral-test-$(({token}*1000+7))-end\n"
+        )
+        first = self.wait_for(rf"^corral-test-{begin}-begin$", timeout, start)
+        last = self.wait_for(rf"^corral-test-{end}-end$", timeout, first.end())
+        output = self.log()[first.end() : last.start()]
+        # heartbeats interleave with the output, whole lines at a time
         return "\n".join(
             line
-            for line in lines[1:]
-            if not line.startswith("corral-heartbeat ") and "corral-test-" not in line
+            for line in output.splitlines()
+            if line and not line.startswith("corral-heartbeat ")
         )
 
     # -- QMP -------------------------------------------------------------------------------------
@@ -291,6 +294,7 @@ class GuestVM:
 
 
 def cache_dir() -> Path:
-    """Where the tests build the reference guest: ``$CORRAL_CACHE`` or ``~/.cache/corral``."""
-    env = os.environ.get("CORRAL_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "corral"
+    """Where the tests build the reference guest: corral's own cache, shared with the CLI."""
+    from corral.config import default_cache
+
+    return default_cache()

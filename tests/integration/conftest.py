@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -76,6 +77,14 @@ def cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedPro
     )
 
 
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
 class GuestShell:
     """Types commands into the reference guest's serial shell and reads their output."""
 
@@ -99,6 +108,9 @@ class GuestShell:
         deadline = time.monotonic() + timeout
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(self.socket)
+            # A connected client that does not read stalls the guest's UART: drain the socket
+            # (the serial log has the same bytes) for as long as we are connected.
+            threading.Thread(target=_drain, args=(sock,), daemon=True).start()
             next_sync = 0.0
             while f"S-{tag}" not in self._lines_after(start):
                 assert time.monotonic() < deadline, f"the guest shell never answered ({command!r})"

@@ -56,9 +56,7 @@ def leaves_nothing(home: Path, name: str) -> None:
 
 def test_bad_input_is_one_clear_line_and_leaves_nothing(corral_home: Path, tmp_path: Path) -> None:
     assert "vm 'nope' not found" in refused(corral_home, "start", "nope")
-    assert "image 'nope' not found" in refused(
-        corral_home, "create", "bad1", "--image", "nope"
-    )
+    assert "image 'nope' not found" in refused(corral_home, "create", "bad1", "--image", "nope")
     leaves_nothing(corral_home, "bad1")
     assert "name" in refused(corral_home, "create", "Bad_Name", "--image", "reference")
     line = refused(corral_home, "create", "bad2", "--image", "reference", "--memory", "1T")

@@ -1,4 +1,4 @@
-"""``python -m corral.guest [--force] [--cache DIR]``: build the reference guest, print its files."""
+"""``python -m corral.guest [--force] [--cache DIR]``: build the reference guest, show its files."""
 
 from __future__ import annotations
 

@@ -1,0 +1,679 @@
+"""Unit tests of the reference guest builder: no QEMU, no network, synthetic inputs."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import lzma
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from corral.errors import GuestBuildError, ToolError
+from corral.guest import build
+from corral.guest.build import (
+    CpioEntry,
+    ModuleTree,
+    PackagePin,
+    extract_vmlinux,
+    kernel_package_from_depends,
+    modinfo,
+    module_name,
+    parse_module_list,
+    pvh_entry,
+    recipe_key,
+    resolve_modules,
+    write_newc,
+)
+
+# -- synthetic ELF images ----------------------------------------------------------------------
+
+
+def _elf_header(
+    *, phoff: int = 0, phnum: int = 0, shoff: int = 0, shnum: int = 0, shstrndx: int = 0
+) -> bytes:
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    return ident + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 0x3E, 1, 0, phoff, shoff, 0, 64, 56, phnum, 64, shnum, shstrndx
+    )
+
+
+def _note(name: bytes, note_type: int, desc: bytes) -> bytes:
+    def pad(b: bytes) -> bytes:
+        return b + bytes(-len(b) % 4)
+
+    return struct.pack("<III", len(name), len(desc), note_type) + pad(name) + pad(desc)
+
+
+def make_vmlinux(entry: int | None = 0x1000000) -> bytes:
+    """A 64-bit ELF with one PT_NOTE segment holding a Linux note and, if given, the PVH note."""
+    notes = _note(b"Linux\x00", 6, b"6.1\x00")
+    if entry is not None:
+        notes += _note(b"Xen\x00", 18, struct.pack("<Q", entry))
+    notes_at = 64 + 56
+    phdr = struct.pack("<IIQQQQQQ", 4, 4, notes_at, 0, 0, len(notes), len(notes), 4)
+    return _elf_header(phoff=64, phnum=1) + phdr + notes + b"\x90" * 64
+
+
+def make_ko(info: dict[str, str]) -> bytes:
+    """A 64-bit ELF with a .modinfo section (and .shstrtab)."""
+    modinfo_data = b"".join(f"{k}={v}".encode() + b"\x00" for k, v in info.items())
+    shstrtab = b"\x00.modinfo\x00.shstrtab\x00"
+    data_at = 64
+    shstr_at = data_at + len(modinfo_data)
+    shoff = shstr_at + len(shstrtab)
+    shoff += -shoff % 8
+
+    def shdr(name: int, sh_type: int, offset: int, size: int) -> bytes:
+        return struct.pack("<IIQQQQIIQQ", name, sh_type, 0, 0, offset, size, 0, 0, 1, 0)
+
+    body = modinfo_data + shstrtab
+    body += bytes(shoff - 64 - len(body))
+    sections = (
+        shdr(0, 0, 0, 0)
+        + shdr(1, 1, data_at, len(modinfo_data))
+        + shdr(10, 3, shstr_at, len(shstrtab))
+    )
+    return _elf_header(shoff=shoff, shnum=3, shstrndx=2) + body + sections
+
+
+def make_bzimage(payload: bytes, *, setup_sects: int = 1, version: int = 0x020F) -> bytes:
+    """A file with a Linux setup header whose protected-mode part holds ``payload``."""
+    setup = bytearray((setup_sects + 1) * 512)
+    setup[0x1F1] = setup_sects
+    setup[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", setup, 0x206, version)
+    payload_offset = 0x40
+    struct.pack_into("<II", setup, 0x248, payload_offset, len(payload))
+    return bytes(setup) + b"\xcc" * payload_offset + payload + b"\xcc" * 100
+
+
+# -- kernel ------------------------------------------------------------------------------------
+
+
+def test_extract_vmlinux_xz_payload_with_size_trailer() -> None:
+    vmlinux = make_vmlinux()
+    payload = lzma.compress(vmlinux, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    payload += struct.pack("<I", len(vmlinux))  # the kernel appends the uncompressed size
+    assert extract_vmlinux(make_bzimage(payload)) == vmlinux
+
+
+@pytest.mark.parametrize(
+    "compress", [gzip.compress, lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE)]
+)
+def test_extract_vmlinux_other_compressions(compress: object) -> None:
+    vmlinux = make_vmlinux()
+    assert callable(compress)
+    assert extract_vmlinux(make_bzimage(compress(vmlinux))) == vmlinux
+
+
+def test_extract_vmlinux_setup_sects_zero_means_four() -> None:
+    vmlinux = make_vmlinux()
+    image = make_bzimage(zlib.compress(vmlinux, wbits=31), setup_sects=4)
+    image = image[:0x1F1] + b"\x00" + image[0x1F2:]
+    assert extract_vmlinux(image) == vmlinux
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (b"\x00" * 4096, "not a bzImage"),
+        (make_bzimage(b"\x28\xb5\x2f\xfd" + b"\x00" * 32), "unsupported compression"),
+        (make_bzimage(gzip.compress(b"not an elf")), "not an ELF"),
+        (make_bzimage(b"\xfd7zXZ\x00garbage"), "cannot decompress"),
+        (make_bzimage(gzip.compress(make_vmlinux()), version=0x0206), "older than 2.08"),
+    ],
+)
+def test_extract_vmlinux_rejects(image: bytes, message: str) -> None:
+    with pytest.raises(GuestBuildError, match=message):
+        extract_vmlinux(image)
+
+
+def test_pvh_entry() -> None:
+    assert pvh_entry(make_vmlinux(0x1234567)) == 0x1234567
+    assert pvh_entry(make_vmlinux(None)) is None
+    with pytest.raises(GuestBuildError, match="64-bit"):
+        pvh_entry(b"\x7fELF\x01\x01" + bytes(64))
+
+
+def test_kernel_package_from_depends() -> None:
+    assert (
+        kernel_package_from_depends("linux-image-6.1.0-41-amd64 (= 6.1.158-1)")
+        == "linux-image-6.1.0-41-amd64=6.1.158-1"
+    )
+    assert (
+        kernel_package_from_depends("foo, linux-image-6.1.0-9-amd64") == "linux-image-6.1.0-9-amd64"
+    )
+    with pytest.raises(GuestBuildError, match="does not depend"):
+        kernel_package_from_depends("linux-base, initramfs-tools")
+
+
+# -- modules -----------------------------------------------------------------------------------
+
+
+def test_module_name() -> None:
+    assert module_name("kernel/arch/x86/crypto/crc32c-intel.ko") == "crc32c_intel"
+    assert module_name("ext4.ko.xz") == "ext4"
+    assert module_name("virtio_blk") == "virtio_blk"
+
+
+def test_modinfo_reads_every_value() -> None:
+    ko = make_ko({"name": "ext4", "depends": "mbcache,jbd2,crc16", "alias": "fs-ext4"})
+    info = modinfo(ko)
+    assert info["depends"] == ["mbcache,jbd2,crc16"]
+    assert info["name"] == ["ext4"]
+    with pytest.raises(GuestBuildError, match="64-bit"):
+        modinfo(b"not an elf at all" * 10)
+
+
+def _module_tree(
+    tmp_path: Path, modules: dict[str, str], builtin: Sequence[str] = ()
+) -> ModuleTree:
+    root = tmp_path / "lib" / "modules" / "6.1.0-test-amd64"
+    for rel, depends in modules.items():
+        path = root / "kernel" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        content = make_ko({"depends": depends, "name": module_name(rel)})
+        if rel.endswith(".xz"):
+            content = lzma.compress(content)
+        path.write_bytes(content)
+    (root / "modules.builtin").write_text("".join(f"kernel/{b}\n" for b in builtin))
+    return ModuleTree(root)
+
+
+def test_resolve_modules_orders_dependencies_first(tmp_path: Path) -> None:
+    tree = _module_tree(
+        tmp_path,
+        {
+            "fs/ext4/ext4.ko": "mbcache,jbd2,crc16",
+            "fs/mbcache.ko": "",
+            "fs/jbd2/jbd2.ko": "",
+            "lib/crc16.ko.xz": "",
+            "drivers/virtio/virtio_pci.ko": "virtio_pci-modern-dev,virtio,virtio_ring",
+            "drivers/virtio/virtio_pci-modern-dev.ko": "virtio_ring",
+            "drivers/virtio/virtio_ring.ko": "",
+        },
+        builtin=["drivers/virtio/virtio.ko"],
+    )
+    order = resolve_modules(["virtio_pci", "ext4", "jbd2"], tree)
+    names = [name for name, _ in order]
+    assert names == [
+        "virtio_ring",
+        "virtio_pci_modern_dev",
+        "virtio_pci",
+        "mbcache",
+        "jbd2",
+        "crc16",
+        "ext4",
+    ]
+    # compressed modules are stored uncompressed
+    assert dict(order)["crc16"].startswith(b"\x7fELF")
+
+
+def test_resolve_modules_errors(tmp_path: Path) -> None:
+    tree = _module_tree(tmp_path, {"a.ko": "b", "b.ko": "a", "c.ko": "missing"})
+    with pytest.raises(GuestBuildError, match="cycle"):
+        resolve_modules(["a"], tree)
+    with pytest.raises(GuestBuildError, match="missing is neither built into the kernel"):
+        resolve_modules(["c"], tree)
+
+
+def test_recipe_module_list_parses() -> None:
+    names = parse_module_list(build._recipe_text("modules").decode())
+    assert names[0] == "crc32c_generic"
+    assert {"virtio_pci", "virtio_blk", "ext4", "isofs", "virtio_net", "button", "evdev"} <= set(
+        names
+    )
+    assert parse_module_list("# comment\n a-b  # trailing\n\n") == ["a_b"]
+
+
+# -- cpio --------------------------------------------------------------------------------------
+
+
+def test_write_newc_is_read_by_cpio(tmp_path: Path) -> None:
+    archive = io.BytesIO()
+    write_newc(
+        [
+            CpioEntry("bin", 0o040755),
+            CpioEntry("bin/busybox", 0o100755, b"#!fake\n" * 3),
+            CpioEntry("bin/sh", 0o120777, b"busybox"),
+            CpioEntry("dev", 0o040755),
+            CpioEntry("dev/console", 0o020600, rdev=(5, 1)),
+            CpioEntry("init", 0o100755, b"x"),
+        ],
+        archive,
+    )
+    data = archive.getvalue()
+    assert len(data) % 4 == 0
+    listing = subprocess.run(
+        ["cpio", "-itv", "--quiet"], input=data, capture_output=True, check=True
+    ).stdout.decode()
+    lines = listing.splitlines()
+    assert [line.split()[-1] for line in lines] == [
+        "bin",
+        "bin/busybox",
+        "busybox",
+        "dev",
+        "dev/console",
+        "init",
+    ]
+    assert lines[2].startswith("lrwxrwxrwx") and "bin/sh -> busybox" in lines[2]
+    assert lines[4].startswith("crw-------") and "5,   1" in lines[4]
+    assert all(" root " in line for line in lines)
+    # extraction gives back the contents
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(
+        ["cpio", "-id", "--quiet", "--no-absolute-filenames", "bin/busybox", "init"],
+        input=data,
+        cwd=out,
+        check=True,
+    )
+    assert (out / "bin" / "busybox").read_bytes() == b"#!fake\n" * 3
+    assert stat.S_IMODE((out / "init").stat().st_mode) == 0o755
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+PINS = [
+    PackagePin("linux-image-6.1.0-41-amd64", "6.1.158-1", "k.deb", "a" * 64),
+    PackagePin("busybox-static", "1:1.35.0-4", "b.deb", "b" * 64),
+]
+
+
+def test_recipe_key_depends_on_versions_only_through_pins() -> None:
+    key = recipe_key(PINS)
+    assert len(key) == 16 and int(key, 16) >= 0
+    assert recipe_key(list(reversed(PINS))) == key
+    changed = [PINS[0], PackagePin("busybox-static", "1:1.35.0-5", "b.deb", "b" * 64)]
+    assert recipe_key(changed) != key
+    rehashed = [PINS[0], PackagePin("busybox-static", "1:1.35.0-4", "b.deb", "c" * 64)]
+    assert recipe_key(rehashed) != key
+
+
+def test_recipe_key_covers_recipe_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = recipe_key(PINS)
+    original = build._recipe_files
+
+    def patched() -> list[tuple[str, bytes]]:
+        files = original()
+        return [(n, c + b"\n# changed") if n == "rcS" else (n, c) for n, c in files]
+
+    monkeypatch.setattr(build, "_recipe_files", patched)
+    assert recipe_key(PINS) != key
+
+
+def test_every_recipe_file_is_used() -> None:
+    names = {name for name, _ in build._recipe_files()}
+    used = set(build._ROOT_FILES) | {"init", "modules"}
+    assert names == used
+
+
+# -- running tools -----------------------------------------------------------------------------
+
+
+def test_run_failure_names_command_and_stderr() -> None:
+    with pytest.raises(GuestBuildError) as info:
+        build._run(["sh", "-c", "echo first >&2; echo 'the real reason' >&2; exit 3"])
+    message = str(info.value)
+    assert "status 3" in message and "sh -c" in message and "the real reason" in message
+    cause = info.value.__cause__
+    assert isinstance(cause, ToolError) and cause.exitcode == 3
+
+
+def test_run_missing_tool() -> None:
+    with pytest.raises(GuestBuildError, match="not installed"):
+        build._run(["corral-no-such-tool-xyz"])
+
+
+# -- packages: a fake apt-get serving tiny .deb files ------------------------------------------
+
+FAKE_APT = """#!/bin/sh
+echo "$*" >> "$FAKE_APT_LOG"
+[ -n "$FAKE_APT_FAIL" ] && { echo "E: Failed to fetch: network is unreachable" >&2; exit 100; }
+[ "$1" = download ] || exit 64
+shift
+for spec in "$@"; do
+    case "$spec" in -*) continue ;; esac
+    name="${spec%%=*}"
+    version=
+    case "$spec" in *=*) version="$(echo "${spec#*=}" | sed 's/:/%3a/')" ;; esac
+    found=
+    for deb in "$FAKE_REPO/${name}_"*.deb; do
+        [ -e "$deb" ] || continue
+        if [ -n "$version" ]; then
+            case "$deb" in *"_${version}_"*) ;; *) continue ;; esac
+        fi
+        cp "$deb" .; found=1
+    done
+    [ -n "$found" ] || { echo "E: Unable to locate package $spec" >&2; exit 100; }
+done
+"""
+
+
+def _make_deb(
+    repo: Path, name: str, version: str, depends: str | None = None, payload: str = ""
+) -> Path:
+    root = repo / f"src-{name}-{version}"
+    (root / "DEBIAN").mkdir(parents=True)
+    control = (
+        f"Package: {name}\nVersion: {version}\nArchitecture: amd64\n"
+        "Maintainer: t <t@t>\nDescription: test\n"
+    )
+    if depends:
+        control += f"Depends: {depends}\n"
+    (root / "DEBIAN" / "control").write_text(control)
+    (root / "usr").mkdir()
+    (root / "usr" / "payload").write_text(payload or f"{name} {version}")
+    deb = repo / f"{name}_{version.replace(':', '%3a')}_amd64.deb"
+    subprocess.run(
+        ["dpkg-deb", "--build", "--root-owner-group", "-Zgzip", str(root), str(deb)],
+        check=True,
+        capture_output=True,
+    )
+    shutil.rmtree(root)
+    return deb
+
+
+@pytest.fixture
+def fake_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fake ``apt-get`` on PATH; its repository is the returned directory."""
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not installed")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "apt-get").write_text(FAKE_APT)
+    (bindir / "apt-get").chmod(0o755)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _make_deb(
+        repo, "linux-image-amd64", "6.1.99-1", depends="linux-image-6.1.0-99-amd64 (= 6.1.99-1)"
+    )
+    _make_deb(repo, "linux-image-6.1.0-99-amd64", "6.1.99-1")
+    _make_deb(repo, "busybox-static", "1:1.35.0-4")
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_REPO", str(repo))
+    monkeypatch.setenv("FAKE_APT_LOG", str(tmp_path / "apt.log"))
+    yield repo
+
+
+def _apt_calls(tmp_path: Path) -> list[str]:
+    log = tmp_path / "apt.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def _obtain(
+    guest_root: Path, pins: Sequence[PackagePin] | None
+) -> tuple[list[PackagePin], dict[str, Path]]:
+    work = guest_root / ".build-test"
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        return build._obtain_packages(guest_root, pins, work, lambda phase, fraction: None)
+    finally:
+        shutil.rmtree(work)
+
+
+def test_packages_resolved_through_the_meta_package(tmp_path: Path, fake_apt: Path) -> None:
+    guest_root = tmp_path / "cache" / "guest"
+    guest_root.mkdir(parents=True)
+    pins, debs = _obtain(guest_root, None)
+    assert [(p.name, p.version) for p in pins] == [
+        ("linux-image-6.1.0-99-amd64", "6.1.99-1"),
+        ("busybox-static", "1:1.35.0-4"),
+    ]
+    assert _apt_calls(tmp_path) == [
+        "download -q linux-image-amd64",
+        "download -q linux-image-6.1.0-99-amd64=6.1.99-1 busybox-static",
+    ]
+    for pin in pins:
+        assert debs[pin.name] == guest_root / "debs" / pin.filename
+        assert build._sha256_file(debs[pin.name]) == pin.sha256
+
+
+def test_pinned_packages_present_need_no_apt(tmp_path: Path, fake_apt: Path) -> None:
+    guest_root = tmp_path / "cache" / "guest"
+    guest_root.mkdir(parents=True)
+    pins, _ = _obtain(guest_root, None)
+    calls = len(_apt_calls(tmp_path))
+    again, _ = _obtain(guest_root, pins)
+    assert again == pins
+    assert len(_apt_calls(tmp_path)) == calls
+
+
+def test_missing_pinned_package_is_fetched_at_its_version(tmp_path: Path, fake_apt: Path) -> None:
+    guest_root = tmp_path / "cache" / "guest"
+    guest_root.mkdir(parents=True)
+    pins, debs = _obtain(guest_root, None)
+    debs["busybox-static"].unlink()
+    # the archive moved on meanwhile: the pin still gets its own version
+    _make_deb(fake_apt, "busybox-static", "1:1.36.0-1")
+    again, debs = _obtain(guest_root, pins)
+    assert again == pins
+    assert _apt_calls(tmp_path)[-1] == "download -q busybox-static=1:1.35.0-4"
+    assert build._sha256_file(debs["busybox-static"]) == pins[1].sha256
+
+
+def test_pinned_package_that_changed_is_refused(tmp_path: Path, fake_apt: Path) -> None:
+    guest_root = tmp_path / "cache" / "guest"
+    guest_root.mkdir(parents=True)
+    pins, debs = _obtain(guest_root, None)
+    debs["busybox-static"].unlink()
+    (fake_apt / "busybox-static_1%3a1.35.0-4_amd64.deb").unlink()
+    _make_deb(fake_apt, "busybox-static", "1:1.35.0-4", payload="rebuilt differently")
+    with pytest.raises(GuestBuildError, match="force"):
+        _obtain(guest_root, pins)
+
+
+def test_apt_failure_is_explained(
+    tmp_path: Path, fake_apt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_APT_FAIL", "1")
+    guest_root = tmp_path / "cache" / "guest"
+    guest_root.mkdir(parents=True)
+    with pytest.raises(GuestBuildError) as info:
+        _obtain(guest_root, None)
+    message = str(info.value)
+    assert "apt-get update" in message and "network is unreachable" in message
+    assert "apt-get download -q linux-image-amd64" in message
+
+
+# -- the cache, with the expensive steps replaced ----------------------------------------------
+
+
+class FakeSteps:
+    """Stand-ins for package download and the build, counting their calls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, version: str = "6.1.1-1") -> None:
+        self.version = version
+        self.builds = 0
+        self.obtained: list[Sequence[PackagePin] | None] = []
+        self.fail_with: Exception | None = None
+        self.gate: threading.Event | None = None
+        self.content = b"same"
+        monkeypatch.setattr(build, "_obtain_packages", self.obtain)
+        monkeypatch.setattr(build, "_build_into", self.build_into)
+
+    def obtain(
+        self,
+        guest_root: Path,
+        pins: Sequence[PackagePin] | None,
+        work: Path,
+        report: build.ProgressFn,
+    ) -> tuple[list[PackagePin], dict[str, Path]]:
+        self.obtained.append(pins)
+        new = [
+            PackagePin("linux-image-6.1.0-1-amd64", self.version, "k.deb", "1" * 64),
+            PackagePin("busybox-static", "1:1", "b.deb", "2" * 64),
+        ]
+        return (list(pins) if pins is not None else new), {}
+
+    def build_into(
+        self,
+        out: Path,
+        key: str,
+        pins: Sequence[PackagePin],
+        debs: object,
+        work: Path,
+        report: build.ProgressFn,
+    ) -> None:
+        self.builds += 1
+        for phase in ("kernel", "initramfs", "rootfs", "qcow2"):
+            report(phase, build._PHASES[phase])
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        for name in build._GUEST_FILES:
+            (out / name).write_bytes(self.content)
+        if self.fail_with is not None:
+            raise self.fail_with
+        manifest = {
+            "format": build._FORMAT,
+            "key": key,
+            "kernel_version": "6.1.0-1-amd64",
+            "cmdline": build.KERNEL_CMDLINE,
+            "ready_marker": build.READY_MARKER,
+            "files": {n: build._sha256_file(out / n) for n in build._GUEST_FILES},
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _leftovers(cache: Path) -> list[str]:
+    return sorted(
+        p.name for p in (cache / "guest").iterdir() if p.name.startswith(".") and p.name != ".lock"
+    )
+
+
+def test_build_then_cached_without_running_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = FakeSteps(monkeypatch)
+    phases: list[tuple[str, float]] = []
+    guest = build.build_reference_guest(tmp_path, progress=lambda p, f: phases.append((p, f)))
+    assert steps.builds == 1
+    assert guest.dir == tmp_path / "guest" / guest.key
+    assert guest.vmlinux.is_file() and guest.rootdisk.name == "root.qcow2"
+    assert guest.cmdline == build.KERNEL_CMDLINE and guest.ready_marker == "corral-ready"
+    assert [p for p, _ in phases] == ["kernel", "initramfs", "rootfs", "qcow2", "done"]
+    fractions = [f for _, f in phases]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert _leftovers(tmp_path) == []
+
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached guest must not run anything")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    again = build.build_reference_guest(tmp_path)
+    assert again == guest
+    assert steps.builds == 1
+    assert build.cached_reference_guest(tmp_path) == guest
+
+
+def test_recipe_change_rebuilds_with_the_same_pins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = FakeSteps(monkeypatch)
+    first = build.build_reference_guest(tmp_path)
+    original = build._recipe_files
+    monkeypatch.setattr(build, "_recipe_files", lambda: [*original(), ("extra", b"x")])
+    assert build.cached_reference_guest(tmp_path) is None
+    second = build.build_reference_guest(tmp_path)
+    assert second.key != first.key and steps.builds == 2
+    assert steps.obtained[-1] is not None  # re-used the pins: no new resolution
+    assert first.dir.is_dir()  # the older build stays for whoever uses it
+
+
+def test_force_resolves_again_and_keeps_identical_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = FakeSteps(monkeypatch)
+    first = build.build_reference_guest(tmp_path)
+    inode = first.rootdisk.stat().st_ino
+    same = build.build_reference_guest(tmp_path, force=True)
+    assert steps.builds == 2 and steps.obtained[-1] is None
+    assert same == first
+    assert first.rootdisk.stat().st_ino == inode  # identical rebuild: files left in place
+    steps.content = b"different"
+    replaced = build.build_reference_guest(tmp_path, force=True)
+    assert replaced.key == first.key and replaced.rootdisk.read_bytes() == b"different"
+    steps.version = "6.1.2-1"
+    newer = build.build_reference_guest(tmp_path, force=True)
+    assert newer.key != first.key
+    assert build.cached_reference_guest(tmp_path) == newer
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = FakeSteps(monkeypatch)
+    steps.fail_with = GuestBuildError("mkfs.ext4 exploded")
+    with pytest.raises(GuestBuildError, match="exploded"):
+        build.build_reference_guest(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "guest").iterdir()) == [".lock"]
+    assert build.cached_reference_guest(tmp_path) is None
+    steps.fail_with = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        build.build_reference_guest(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "guest").iterdir()) == [".lock"]
+
+
+def test_stale_work_dirs_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeSteps(monkeypatch)
+    stale = tmp_path / "guest" / ".build-killed"
+    (stale / "sub").mkdir(parents=True)
+    (tmp_path / "guest" / ".packages.json.x1").write_text("{")
+    build.build_reference_guest(tmp_path)
+    assert _leftovers(tmp_path) == []
+
+
+def test_concurrent_builders_build_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = FakeSteps(monkeypatch)
+    steps.gate = threading.Event()
+    results: list[build.ReferenceGuest] = []
+    waited: list[str] = []
+    errors: list[BaseException] = []
+
+    def builder(progress: build.ProgressFn) -> None:
+        try:
+            results.append(build.build_reference_guest(tmp_path, progress=progress))
+        except BaseException as exc:
+            errors.append(exc)
+
+    first_started = threading.Event()
+    first = threading.Thread(
+        target=builder, args=(lambda p, f: first_started.set() if p == "kernel" else None,)
+    )
+    first.start()
+    assert first_started.wait(10)
+    second_waiting = threading.Event()
+
+    def second_progress(phase: str, fraction: float) -> None:
+        waited.append(phase)
+        if phase == "waiting":
+            second_waiting.set()
+
+    second = threading.Thread(target=builder, args=(second_progress,))
+    second.start()
+    assert second_waiting.wait(10)
+    steps.gate.set()
+    first.join(10)
+    second.join(10)
+    assert not errors
+    assert steps.builds == 1
+    assert len(results) == 2 and results[0] == results[1]
+    assert waited == ["waiting", "done"]
+
+
+def test_unwritable_cache_is_a_build_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeSteps(monkeypatch)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(GuestBuildError, match="cannot create the guest cache"):
+        build.build_reference_guest(blocker / "cache")

@@ -189,11 +189,13 @@ def launch(argv: Sequence[str], paths: VmPaths, timeout: float = 30.0) -> QemuPr
     while True:
         record = read_exit(paths)
         if record is not None:
+            clear_runtime(paths)
             raise LaunchError(argv, record.status, _qemu_output(log))
         if _monitor_answers(paths.qmp_socket):
             break
         if time.monotonic() > deadline:
             _kill_pidfile(paths)
+            clear_runtime(paths)
             raise LaunchError(argv, None, _qemu_output(log))
         time.sleep(0.01)
     pid = int(Path(paths.pidfile).read_text().strip())

@@ -48,16 +48,7 @@ def list_cmd(
         return
     render.table(
         None,
-        [
-            "Name",
-            "State",
-            "vCPUs",
-            "Memory",
-            "Provisioned Space",
-            "Used Space",
-            "Host CPU",
-            "Host Mem MiB",
-        ],
+        ["Name", "State", "vCPUs", "Memory", "Provisioned", "Used", "Host CPU", "Host Mem"],
         (
             [
                 v.name,
@@ -67,7 +58,7 @@ def list_cmd(
                 render.size(v.provisioned),
                 render.size(v.used),
                 "-" if v.host_cpu is None else f"{v.host_cpu:.1f}%",
-                "-" if v.host_memory is None else str(v.host_memory // (1024 * 1024)),
+                render.size(v.host_memory),
             ]
             for v in views
         ),
@@ -263,7 +254,7 @@ def info(name: Name, json_: Json = False) -> None:
     )
     render.table(
         None,
-        ["Disk", "Image", "Provisioned Space", "Used Space", "File"],
+        ["Disk", "Image", "Provisioned", "Used", "File"],
         (
             [d.name, d.image or "-", render.size(d.provisioned), render.size(d.used), d.path]
             for d in v.disks

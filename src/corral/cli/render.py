@@ -3,17 +3,43 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from corral.units import format_size
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: Rich consoles for stdout and stderr, made on first use by :func:`__getattr__`: a command
+#: that prints only JSON never imports Rich.
+out: Console
+err: Console
+
+
+def __getattr__(name: str) -> Console:
+    if name not in ("out", "err"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+
+    stream = sys.stderr if name == "err" else sys.stdout
+    # Piped output is not cut to 80 columns: it goes to files and grep, not to a screen.
+    width = None if stream.isatty() or "COLUMNS" in os.environ else 160
+    console = Console(stderr=name == "err", highlight=False, width=width)
+    globals()[name] = console
+    return console
+
+
+def _out() -> Console:
+    """``out`` from inside this module (a module's ``__getattr__`` serves only other modules)."""
+    console = globals().get("out")
+    return console if console is not None else __getattr__("out")
+
+
+#: Columns of free text that may wrap; the others keep their width.
+_WRAPPING = frozenset({"Detail", "OS", "File"})
 
 _STATE_STYLE = {
     "running": "green",
@@ -42,17 +68,27 @@ def size(nbytes: int | None) -> str:
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
     """A simple table; numeric-looking columns are right-aligned by the caller's choice."""
-    tbl = Table(title=title, title_justify="left", header_style="bold")
+    from rich import box
+    from rich.table import Table
+
+    tbl = Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+    )
     for column in columns:
         justify = (
             "right"
-            if column.endswith(("CPUs", "Memory", "Space", "CPU", "MiB", "Size"))
+            if column.endswith(("CPUs", "Memory", "Provisioned", "Used", "CPU", "Mem", "Size"))
             else "left"
         )
-        tbl.add_column(column, justify=justify)  # type: ignore[arg-type]
+        tbl.add_column(column, justify=justify, no_wrap=column not in _WRAPPING)  # type: ignore[arg-type]
     for row in rows:
         tbl.add_row(*row)
-    out.print(tbl)
+    _out().print(tbl)
 
 
 def fields(pairs: Iterable[tuple[str, str]]) -> None:
@@ -60,4 +96,4 @@ def fields(pairs: Iterable[tuple[str, str]]) -> None:
     items = list(pairs)
     width = max((len(k) for k, _ in items), default=0) + 1
     for key, value in items:
-        out.print(f"{key + ':':<{width}} {value}", soft_wrap=True)
+        _out().print(f"{key + ':':<{width}} {value}", soft_wrap=True)

@@ -174,7 +174,7 @@ def pause(name: Name) -> None:
     render.out.print(f"VM {name} paused")
 
 
-@app.command("suspend", hidden=True)
+@app.command("suspend")
 def suspend(name: Name) -> None:
     """Pause a VM's vCPUs (same as pause)."""
     pause(name)

@@ -193,12 +193,7 @@ def pause(ctx: Corral, name: str) -> Outcome:
 
     :raise StateError: the VM is not running.
     """
-    with vm_lock(ctx, name):
-        vm = _prepare(ctx, name, Op.PAUSE)
-        with Monitor(vm.paths.qmp_socket) as mon:
-            mon.stop()
-        _set(ctx, name, VmState.PAUSED, "paused")
-        return Outcome(name, VmState.PAUSED)
+    return _set_vcpus(ctx, name, Op.PAUSE, VmState.PAUSED)
 
 
 def resume(ctx: Corral, name: str) -> Outcome:
@@ -206,12 +201,19 @@ def resume(ctx: Corral, name: str) -> Outcome:
 
     :raise StateError: the VM is not paused.
     """
+    return _set_vcpus(ctx, name, Op.RESUME, VmState.RUNNING)
+
+
+def _set_vcpus(ctx: Corral, name: str, op: Op, state: VmState) -> Outcome:
     with vm_lock(ctx, name):
-        vm = _prepare(ctx, name, Op.RESUME)
+        vm = _prepare(ctx, name, op)
         with Monitor(vm.paths.qmp_socket) as mon:
-            mon.cont()
-        _set(ctx, name, VmState.RUNNING, "resumed")
-        return Outcome(name, VmState.RUNNING)
+            if state is VmState.PAUSED:
+                mon.stop()
+            else:
+                mon.cont()
+        _set(ctx, name, state, "paused" if state is VmState.PAUSED else "resumed")
+        return Outcome(name, state)
 
 
 def reboot(

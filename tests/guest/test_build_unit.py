@@ -19,21 +19,19 @@ from pathlib import Path
 import pytest
 
 from corral.errors import GuestBuildError, ToolError
-from corral.guest import build
-from corral.guest.build import (
+from corral.guest import build, debian, rootfs, tools
+from corral.guest.build import recipe_key
+from corral.guest.debian import PackagePin, kernel_package_from_depends
+from corral.guest.initramfs import (
     CpioEntry,
     ModuleTree,
-    PackagePin,
-    extract_vmlinux,
-    kernel_package_from_depends,
     modinfo,
     module_name,
     parse_module_list,
-    pvh_entry,
-    recipe_key,
     resolve_modules,
     write_newc,
 )
+from corral.guest.kernel import extract_vmlinux, pvh_entry
 
 # -- synthetic ELF images ----------------------------------------------------------------------
 
@@ -228,7 +226,7 @@ def test_resolve_modules_errors(tmp_path: Path) -> None:
 
 
 def test_recipe_module_list_parses() -> None:
-    names = parse_module_list(build._recipe_text("modules").decode())
+    names = parse_module_list(tools.recipe_text("modules").decode())
     assert names[0] == "crc32c_generic"
     assert {"virtio_pci", "virtio_blk", "ext4", "isofs", "virtio_net", "button", "evdev"} <= set(
         names
@@ -302,19 +300,31 @@ def test_recipe_key_depends_on_versions_only_through_pins() -> None:
 
 def test_recipe_key_covers_recipe_files(monkeypatch: pytest.MonkeyPatch) -> None:
     key = recipe_key(PINS)
-    original = build._recipe_files
+    original = tools.recipe_files
 
     def patched() -> list[tuple[str, bytes]]:
         files = original()
         return [(n, c + b"\n# changed") if n == "rcS" else (n, c) for n, c in files]
 
-    monkeypatch.setattr(build, "_recipe_files", patched)
+    monkeypatch.setattr(build, "recipe_files", patched)
     assert recipe_key(PINS) != key
 
 
+def test_recipe_key_covers_every_builder_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    package = Path(build.__file__).parent
+    modules = {path.name for path in package.glob("*.py")} - {"__init__.py", "__main__.py"}
+    original = build._builder_sources()
+    assert {name for name, _ in original} == modules
+    key = recipe_key(PINS)
+    for changed in sorted(modules):
+        sources = [(n, c + b"\n# changed" if n == changed else c) for n, c in original]
+        monkeypatch.setattr(build, "_builder_sources", lambda sources=sources: sources)
+        assert recipe_key(PINS) != key, changed
+
+
 def test_every_recipe_file_is_used() -> None:
-    names = {name for name, _ in build._recipe_files()}
-    used = set(build._ROOT_FILES) | {"init", "modules"}
+    names = {name for name, _ in tools.recipe_files()}
+    used = set(rootfs._ROOT_FILES) | {"init", "modules"}
     assert names == used
 
 
@@ -323,7 +333,7 @@ def test_every_recipe_file_is_used() -> None:
 
 def test_run_failure_names_command_and_stderr() -> None:
     with pytest.raises(GuestBuildError) as info:
-        build._run(["sh", "-c", "echo first >&2; echo 'the real reason' >&2; exit 3"])
+        tools.run(["sh", "-c", "echo first >&2; echo 'the real reason' >&2; exit 3"])
     message = str(info.value)
     assert "status 3" in message and "sh -c" in message and "the real reason" in message
     cause = info.value.__cause__
@@ -332,7 +342,7 @@ def test_run_failure_names_command_and_stderr() -> None:
 
 def test_run_missing_tool() -> None:
     with pytest.raises(GuestBuildError, match="not installed"):
-        build._run(["corral-no-such-tool-xyz"])
+        tools.run(["corral-no-such-tool-xyz"])
 
 
 # -- packages: a fake apt-get serving tiny .deb files ------------------------------------------
@@ -417,7 +427,7 @@ def _obtain(
     work = guest_root / ".build-test"
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return build._obtain_packages(guest_root, pins, work, lambda phase, fraction: None)
+        return debian.obtain_packages(guest_root, pins, work, lambda phase, fraction: None)
     finally:
         shutil.rmtree(work)
 
@@ -436,7 +446,7 @@ def test_packages_resolved_through_the_meta_package(tmp_path: Path, fake_apt: Pa
     ]
     for pin in pins:
         assert debs[pin.name] == guest_root / "debs" / pin.filename
-        assert build._sha256_file(debs[pin.name]) == pin.sha256
+        assert tools.sha256_file(debs[pin.name]) == pin.sha256
 
 
 def test_pinned_packages_present_need_no_apt(tmp_path: Path, fake_apt: Path) -> None:
@@ -459,7 +469,7 @@ def test_missing_pinned_package_is_fetched_at_its_version(tmp_path: Path, fake_a
     again, debs = _obtain(guest_root, pins)
     assert again == pins
     assert _apt_calls(tmp_path)[-1] == "download -q busybox-static=1:1.35.0-4"
-    assert build._sha256_file(debs["busybox-static"]) == pins[1].sha256
+    assert tools.sha256_file(debs["busybox-static"]) == pins[1].sha256
 
 
 def test_pinned_package_that_changed_is_refused(tmp_path: Path, fake_apt: Path) -> None:
@@ -499,7 +509,7 @@ class FakeSteps:
         self.fail_with: Exception | None = None
         self.gate: threading.Event | None = None
         self.content = b"same"
-        monkeypatch.setattr(build, "_obtain_packages", self.obtain)
+        monkeypatch.setattr(build, "obtain_packages", self.obtain)
         monkeypatch.setattr(build, "_build_into", self.build_into)
 
     def obtain(
@@ -507,7 +517,7 @@ class FakeSteps:
         guest_root: Path,
         pins: Sequence[PackagePin] | None,
         work: Path,
-        report: build.ProgressFn,
+        report: tools.ProgressFn,
     ) -> tuple[list[PackagePin], dict[str, Path]]:
         self.obtained.append(pins)
         new = [
@@ -523,11 +533,11 @@ class FakeSteps:
         pins: Sequence[PackagePin],
         debs: object,
         work: Path,
-        report: build.ProgressFn,
+        report: tools.ProgressFn,
     ) -> None:
         self.builds += 1
         for phase in ("kernel", "initramfs", "rootfs", "qcow2"):
-            report(phase, build._PHASES[phase])
+            report(phase, tools.PHASES[phase])
         if self.gate is not None:
             assert self.gate.wait(10)
         for name in build._GUEST_FILES:
@@ -540,7 +550,7 @@ class FakeSteps:
             "kernel_version": "6.1.0-1-amd64",
             "cmdline": build.KERNEL_CMDLINE,
             "ready_marker": build.READY_MARKER,
-            "files": {n: build._sha256_file(out / n) for n in build._GUEST_FILES},
+            "files": {n: tools.sha256_file(out / n) for n in build._GUEST_FILES},
         }
         (out / "manifest.json").write_text(json.dumps(manifest))
 
@@ -582,8 +592,8 @@ def test_recipe_change_rebuilds_with_the_same_pins(
 ) -> None:
     steps = FakeSteps(monkeypatch)
     first = build.build_reference_guest(tmp_path)
-    original = build._recipe_files
-    monkeypatch.setattr(build, "_recipe_files", lambda: [*original(), ("extra", b"x")])
+    original = tools.recipe_files
+    monkeypatch.setattr(build, "recipe_files", lambda: [*original(), ("extra", b"x")])
     assert build.cached_reference_guest(tmp_path) is None
     second = build.build_reference_guest(tmp_path)
     assert second.key != first.key and steps.builds == 2
@@ -640,7 +650,7 @@ def test_concurrent_builders_build_once(tmp_path: Path, monkeypatch: pytest.Monk
     waited: list[str] = []
     errors: list[BaseException] = []
 
-    def builder(progress: build.ProgressFn) -> None:
+    def builder(progress: tools.ProgressFn) -> None:
         try:
             results.append(build.build_reference_guest(tmp_path, progress=progress))
         except BaseException as exc:

@@ -28,7 +28,7 @@ from corral.guest import (
     build_reference_guest,
     cached_reference_guest,
 )
-from corral.guest.build import elf_notes, pvh_entry
+from corral.guest.kernel import elf_notes, pvh_entry
 
 BOOT_DEADLINE = 60.0
 EXIT_DEADLINE = 30.0

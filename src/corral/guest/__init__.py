@@ -12,12 +12,12 @@ from corral.guest.build import (
     READY_MARKER,
     REBOOT_MARKER,
     SHUTDOWN_MARKER,
-    PackagePin,
     ReferenceGuest,
     build_reference_guest,
     cached_reference_guest,
     recipe_key,
 )
+from corral.guest.debian import PackagePin
 
 __all__ = [
     "HEARTBEAT_PREFIX",

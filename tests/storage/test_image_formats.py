@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from corral.errors import ImageError, InvalidInput
-from corral.storage import images
-from corral.storage.images import parse_qcow2_header, sniff_format
+from corral.storage import formats, verify
+from corral.storage.formats import parse_qcow2_header, sniff_format
 from corral.units import GiB
 
 Tool = Callable[..., str]
@@ -85,11 +85,11 @@ def test_sniff_format(head: bytes, expected: str) -> None:
     ],
 )
 def test_foreign_formats_are_named(tmp_path: Path, head: bytes, name: str) -> None:
-    assert name in (images.foreign_format(head) or "")
+    assert name in (formats.foreign_format(head) or "")
     path = tmp_path / "foreign.img"
     path.write_bytes(head)
     with pytest.raises(ImageError, match=f"{name}.*convert it to qcow2 first"):
-        images.detect_format(path)
+        verify.detect_format(path)
 
 
 def test_detect_format_of_files_made_by_qemu_img(tmp_path: Path, qemu_img: Tool) -> None:
@@ -104,21 +104,21 @@ def test_detect_format_of_files_made_by_qemu_img(tmp_path: Path, qemu_img: Tool)
     ]:
         out = tmp_path / f"out-{fmt}-{len(options)}-{options[-1:]}.img".replace("/", "_")
         qemu_img("convert", "-f", "raw", "-O", fmt, *options, raw, out)
-        assert images.detect_format(out) == fmt, (fmt, options)
-    assert images.detect_format(raw) == "raw"
+        assert verify.detect_format(out) == fmt, (fmt, options)
+    assert verify.detect_format(raw) == "raw"
 
 
 def test_detect_format_of_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="cannot read it"):
-        images.detect_format(tmp_path / "nope")
+        verify.detect_format(tmp_path / "nope")
 
 
 def test_validate_format() -> None:
-    assert images.validate_format(None) is None
+    assert formats.validate_format(None) is None
     for fmt in ("raw", "qcow2", "vmdk", "vdi"):
-        assert images.validate_format(fmt) == fmt
+        assert formats.validate_format(fmt) == fmt
     with pytest.raises(InvalidInput) as caught:
-        images.validate_format("vhdx")
+        formats.validate_format("vhdx")
     assert caught.value.field == "format"
     assert "raw, qcow2, vmdk, vdi" in caught.value.reason
 
@@ -178,12 +178,12 @@ def test_parse_header_of_real_images(tmp_path: Path, qemu_img: Tool) -> None:
     for version, compat in [(2, "0.10"), (3, "1.1")]:
         path = tmp_path / f"v{version}.qcow2"
         qemu_img("create", "-f", "qcow2", "-o", f"compat={compat}", path, "100G")
-        header = images.read_qcow2_header(path)
+        header = verify.read_qcow2_header(path)
         assert (header.version, header.size) == (version, 100 * GiB)
     base = tmp_path / "v3.qcow2"
     overlay = tmp_path / "o.qcow2"
     qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", overlay)
-    header = images.read_qcow2_header(overlay)
+    header = verify.read_qcow2_header(overlay)
     assert header.has_backing_file
     assert header.size == 100 * GiB
     with overlay.open("rb") as file:
@@ -191,4 +191,4 @@ def test_parse_header_of_real_images(tmp_path: Path, qemu_img: Tool) -> None:
         assert file.read(header.backing_file_size) == str(base).encode()
     ext = tmp_path / "ext.qcow2"
     qemu_img("create", "-f", "qcow2", "-o", f"data_file={tmp_path / 'ext.data'}", ext, "1G")
-    assert images.read_qcow2_header(ext).has_data_file
+    assert verify.read_qcow2_header(ext).has_data_file

@@ -15,7 +15,8 @@ import pytest
 
 from corral.errors import AlreadyExists, HostError, ImageError, InvalidInput
 from corral.storage import images
-from corral.storage.images import convert_file, import_image, verify_image
+from corral.storage.images import convert_file, import_image
+from corral.storage.verify import verify_image
 from corral.units import MiB
 
 Tool = Callable[..., str]
@@ -236,7 +237,7 @@ def test_refuses_encrypted_qcow2(tmp_path: Path, catalogue: Path, qemu_img: Tool
         "--object",
         "secret,id=s0,data=password",
         "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=200",
         path,
         "16M",
     )

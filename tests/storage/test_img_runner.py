@@ -1,4 +1,4 @@
-"""corral.qemu.img's runner and operations against the real qemu-img."""
+"""corral.qemu.runner and corral.qemu.img's operations against the real qemu-img."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from corral.errors import ToolError
-from corral.qemu import img
+from corral.qemu import img, runner
 from corral.units import GiB, MiB
 
 Tool = Callable[..., str]
@@ -25,15 +25,17 @@ def _children() -> set[int]:
 
 
 def test_runner_applies_limits_and_environment(qemu_img: Tool) -> None:
-    limits = img.Limits(address_space=GiB, cpu_seconds=30, timeout=30)
-    done = img.run(["sh", "-c", "ulimit -v; ulimit -t; ulimit -c; echo $MALLOC_ARENA_MAX"], limits)
+    limits = runner.Limits(address_space=GiB, cpu_seconds=30, timeout=30)
+    done = runner.run(
+        ["sh", "-c", "ulimit -v; ulimit -t; ulimit -c; echo $MALLOC_ARENA_MAX"], limits
+    )
     assert done.stdout.split() == [str(GiB // 1024), "30", "0", "2"]
 
 
 def test_runner_failure_carries_argv_status_and_stderr(qemu_img: Tool) -> None:
     argv = ["sh", "-c", "echo first >&2; echo 'the reason' >&2; exit 3"]
     with pytest.raises(ToolError) as caught:
-        img.run(argv, img.INSPECT_LIMITS)
+        runner.run(argv, img.INSPECT_LIMITS)
     assert caught.value.argv == tuple(argv)
     assert caught.value.exitcode == 3
     assert "first" in caught.value.stderr
@@ -41,16 +43,16 @@ def test_runner_failure_carries_argv_status_and_stderr(qemu_img: Tool) -> None:
 
 
 def test_runner_names_death_by_cpu_limit(qemu_img: Tool) -> None:
-    limits = img.Limits(address_space=GiB, cpu_seconds=1, timeout=60)
+    limits = runner.Limits(address_space=GiB, cpu_seconds=1, timeout=60)
     with pytest.raises(ToolError, match="CPU time limit of 1 s"):
-        img.run(["sh", "-c", "while :; do :; done"], limits)
+        runner.run(["sh", "-c", "while :; do :; done"], limits)
 
 
 def test_runner_kills_at_the_timeout(qemu_img: Tool) -> None:
-    limits = img.Limits(address_space=GiB, cpu_seconds=30, timeout=0)
+    limits = runner.Limits(address_space=GiB, cpu_seconds=30, timeout=0)
     before = _children()
     with pytest.raises(ToolError, match="no result within 0 s") as caught:
-        img.run(["sh", "-c", "read line"], limits)
+        runner.run(["sh", "-c", "read line"], limits)
     assert caught.value.exitcode == -9
     assert _children() <= before
 

@@ -1,8 +1,11 @@
 """Disk images: importing untrusted files into the catalogue, and per-VM disks.
 
-* :mod:`corral.storage.images` verifies a user's file (magic bytes read by us, then
-  ``qemu-img info`` and ``check`` under limits) and converts it into a standalone,
-  read-only qcow2 (or, for ``corral image convert``, into any supported format).
+* :mod:`corral.storage.formats` reads formats from a file's first bytes (magic, the qcow2
+  header), without I/O of its own.
+* :mod:`corral.storage.verify` checks a user's file (magic bytes read by us, then
+  ``qemu-img info`` and ``check`` under limits).
+* :mod:`corral.storage.images` converts a verified file into a standalone, read-only qcow2
+  (or, for ``corral image convert``, into any supported format).
 * :mod:`corral.storage.disks` makes VM disks: linked clones (qcow2 overlays) of images and
   blank qcow2 disks, and reports their size without running qemu-img.
 
@@ -16,17 +19,9 @@ from corral.storage.disks import (
     disk_usage,
     remove_disk,
 )
-from corral.storage.images import (
-    IMPORT_FORMATS,
-    ConvertedImage,
-    ImportedImage,
-    ImportFormat,
-    VerifiedImage,
-    convert_file,
-    detect_format,
-    import_image,
-    verify_image,
-)
+from corral.storage.formats import IMPORT_FORMATS, ImportFormat
+from corral.storage.images import ConvertedImage, ImportedImage, convert_file, import_image
+from corral.storage.verify import VerifiedImage, detect_format, verify_image
 
 __all__ = [
     "IMPORT_FORMATS",

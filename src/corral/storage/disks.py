@@ -18,7 +18,7 @@ from typing import Literal
 
 from corral.errors import AlreadyExists, ImageError, InvalidInput, NotFound
 from corral.qemu import img
-from corral.storage.images import QCOW2_HEADER_BYTES, QCOW2_MAGIC, parse_qcow2_header
+from corral.storage.formats import QCOW2_HEADER_BYTES, QCOW2_MAGIC, parse_qcow2_header
 from corral.units import format_size
 
 #: Formats of VM disks.

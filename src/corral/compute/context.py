@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from corral.config import Home, default_cache, load_home
-from corral.host.caps import HostCaps
 from corral.store.db import Database
+
+if TYPE_CHECKING:
+    # Only the operations that build or check a VM need the caps (and their pydantic models).
+    from corral.host.caps import HostCaps
 
 
 class Corral:

@@ -140,9 +140,14 @@ def view(vm: Vm) -> VmView:
     )
 
 
+def _needs_reconcile(row: VmRow) -> bool:
+    """Whether the record may disagree with the host: it is active, or still names a PID."""
+    return VmState(row.state).active or row.pid is not None
+
+
 def _reconciled(ctx: Corral, vm: Vm, ask_monitor: bool) -> None:
     """Reconcile an active VM if no other command holds it (that command knows better)."""
-    if not (vm.state.active or vm.row.pid is not None):
+    if not _needs_reconcile(vm.row):
         return
     lock = vm_lock(ctx, vm.name)
     if lock.try_acquire():
@@ -157,6 +162,8 @@ def list_vms(ctx: Corral, include_inactive: bool = False) -> list[VmView]:
     out = []
     with ctx.db.session() as session:
         for row in session.scalars(select(VmRow).order_by(VmRow.name)):
+            if not (include_inactive or _needs_reconcile(row)):
+                continue  # inactive and nothing to reconcile: not listed, its spec not parsed
             vm = records.wrap(ctx, row)
             _reconciled(ctx, vm, ask_monitor=False)
             if include_inactive or vm.state.active:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from corral.errors import HostError, InvalidInput
-from corral.host import caps, kvm
+from corral.host import caps, facts, kvm
 from corral.host.caps import MachineType
 from corral.host.kvm import KvmVerdict
 
@@ -154,7 +154,7 @@ def test_find_qemu_honours_the_environment(tmp_path: Path, monkeypatch: pytest.M
 def test_find_qemu_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(caps.QEMU_ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(caps, "QEMU_FALLBACKS", (str(tmp_path / "qemu-kvm"),))
+    monkeypatch.setattr(facts, "QEMU_FALLBACKS", (str(tmp_path / "qemu-kvm"),))
     with pytest.raises(HostError, match="apt-get install qemu-system-x86"):
         caps.find_qemu()
 

@@ -1,8 +1,10 @@
 """Host capabilities: what this QEMU binary and this host can do, as data.
 
-The data model is here; :func:`probe` asks the binary once (through QMP on ``-machine none``)
-and the result is cached by the binary's identity, so every later command reads a small JSON
-file instead of starting QEMU.
+The data model is in :mod:`corral.host.models` (re-exported here); :func:`probe` asks the binary
+once (:mod:`corral.host.qemu_probe`, QMP on ``-machine none``), adds the host's facts
+(:mod:`corral.host.facts`) and the KVM verdict (:mod:`corral.host.kvm`), and caches the result
+by the binary's identity, so every later command reads a small JSON file instead of starting
+QEMU.
 
 The cache (``<cache_dir>/hostcaps-<hash of the binary's real path>.json``) has two parts:
 
@@ -29,398 +31,63 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
-from corral.errors import HostError, InvalidInput
+from corral.errors import InvalidInput
+from corral.host.facts import (
+    QEMU_ENV,
+    QEMU_FALLBACKS,
+    binary_identity,
+    boot_id,
+    find_ovmf,
+    find_qemu,
+    host_cpus,
+    parse_meminfo,
+    pick_ovmf,
+    read_meminfo,
+)
+from corral.host.models import HostCaps, MachineType
+from corral.host.qemu_probe import (
+    PROBE_TIMEOUT,
+    parse_machines,
+    parse_probe,
+    parse_version,
+    probe_argv,
+    query_qemu,
+)
 
 if TYPE_CHECKING:
     from corral.host.kvm import KvmVerdict
 
+__all__ = [
+    "ACCEL_ENV",
+    "PROBE_TIMEOUT",
+    "QEMU_ENV",
+    "QEMU_FALLBACKS",
+    "HostCaps",
+    "MachineType",
+    "accel_override",
+    "binary_identity",
+    "boot_id",
+    "decide_accel",
+    "find_ovmf",
+    "find_qemu",
+    "host_cpus",
+    "parse_machines",
+    "parse_meminfo",
+    "parse_probe",
+    "parse_version",
+    "pick_ovmf",
+    "probe",
+    "probe_argv",
+    "query_qemu",
+    "read_meminfo",
+]
+
 _log = logging.getLogger(__name__)
 
-#: Environment variable naming the QEMU binary to use.
-QEMU_ENV = "CORRAL_QEMU"
 #: Environment variable forcing the accelerator: ``kvm``, ``tcg`` or ``auto`` (the default).
 ACCEL_ENV = "CORRAL_ACCEL"
-#: Where a QEMU binary is looked for after ``$PATH``.
-QEMU_FALLBACKS = ("/usr/libexec/qemu-kvm", "/usr/bin/qemu-kvm")
-#: Seconds the QMP probe may take before QEMU is killed.
-PROBE_TIMEOUT = 10.0
 #: Version of the cache file layout; older files are ignored.
 CACHE_FORMAT = 1
-#: Directories holding QEMU firmware descriptors (``docs/interop/firmware.json``), by priority.
-FIRMWARE_DESCRIPTOR_DIRS = ("/etc/qemu/firmware", "/usr/share/qemu/firmware")
-#: OVMF (code, vars template) pairs looked for when no descriptor names one.
-OVMF_FALLBACKS = (
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
-    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
-    ("/usr/share/edk2/x64/OVMF_CODE.fd", "/usr/share/edk2/x64/OVMF_VARS.fd"),
-    ("/usr/share/edk2-ovmf/x64/OVMF_CODE.fd", "/usr/share/edk2-ovmf/x64/OVMF_VARS.fd"),
-    ("/usr/share/qemu/OVMF.fd", None),
-    ("/usr/share/ovmf/OVMF.fd", None),
-)
-#: Firmware descriptor features that make an image unsuitable as the plain UEFI default.
-_UNWANTED_FIRMWARE_FEATURES = frozenset(
-    {"requires-smm", "secure-boot", "enrolled-keys", "amd-sev-es"}
-)
-
-_INSTALL_HINT = "install it with: apt-get install qemu-system-x86"
-
-
-class MachineType(BaseModel):
-    """One ``-machine`` type as ``query-machines`` reports it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    #: The versioned type this alias points at (``pc`` -> ``pc-i440fx-7.2``).
-    alias: str | None = None
-    max_cpus: int
-    is_default: bool = False
-    #: QEMU marks the type deprecated.
-    deprecated: bool = False
-
-
-class HostCaps(BaseModel):
-    """What :func:`corral.qemu.argv.build_argv` may rely on. Pure data: no I/O in here."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    #: Absolute path of ``qemu-system-x86_64``.
-    qemu_binary: str
-    #: (major, minor, micro).
-    qemu_version: tuple[int, int, int]
-    #: Machine types by name, aliases included.
-    machines: dict[str, MachineType]
-    #: Device types this binary has (``virtio-blk-pci``, ``isa-serial``, ...).
-    devices: frozenset[str]
-    #: Accelerators compiled in (``kvm``, ``tcg``).
-    accelerators: frozenset[str]
-    #: The accelerator to use: KVM only when its functional self-test passed.
-    accel: Literal["kvm", "tcg"]
-    #: Why KVM is not used (empty when it is).
-    kvm_reason: str = ""
-    #: Whether ``-sandbox`` (seccomp) is available.
-    seccomp: bool = False
-    #: OVMF firmware code image for UEFI boot, if installed.
-    ovmf_code: str | None = None
-    #: Online host CPUs and memory in bytes.
-    host_cpus: int
-    host_memory: int
-    #: The OVMF variable-store template that matches :attr:`ovmf_code` (copy it per VM).
-    ovmf_vars: str | None = None
-    #: ``-cpu`` models this binary knows (``qemu64``, ``host``, ``Skylake-Server``, ...).
-    cpu_models: frozenset[str] = frozenset()
-    #: The KVM self-test's outcome in one line, with its duration (empty when it did not run).
-    kvm_test: str = ""
-
-
-# --- Finding the binary -----------------------------------------------------------------------
-
-
-def find_qemu() -> str:
-    """The QEMU binary: ``$CORRAL_QEMU``, else ``qemu-system-x86_64`` on ``$PATH``, else a
-    distribution's ``qemu-kvm``.
-
-    :raise HostError: no usable binary.
-    """
-    env = os.environ.get(QEMU_ENV)
-    if env:
-        path = shutil.which(env)
-        if path is None:
-            raise HostError(f"${QEMU_ENV}={env} is not an executable file")
-        return str(Path(path).absolute())
-    found = shutil.which("qemu-system-x86_64")
-    if found:
-        return str(Path(found).absolute())
-    for candidate in QEMU_FALLBACKS:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    raise HostError(f"qemu-system-x86_64 not found on PATH; {_INSTALL_HINT}")
-
-
-def binary_identity(binary: str) -> dict[str, Any]:
-    """What identifies a binary for the cache: real path, size, mtime (ns) and inode.
-
-    :param binary: the binary's path.
-    :raise HostError: it does not exist.
-    """
-    try:
-        real = os.path.realpath(binary)
-        st = Path(real).stat()
-    except OSError as exc:
-        raise HostError(f"QEMU binary {binary}: {exc.strerror}; {_INSTALL_HINT}") from exc
-    return {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
-
-
-# --- Host facts read on every call ------------------------------------------------------------
-
-
-def boot_id(path: str = "/proc/sys/kernel/random/boot_id") -> str:
-    """The running kernel's boot id ('' if unreadable): a KVM verdict is valid for one boot.
-
-    :param path: the file to read (a parameter for tests).
-    """
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
-
-
-def host_cpus() -> int:
-    """CPUs this process may run on."""
-    return len(os.sched_getaffinity(0))
-
-
-def parse_meminfo(text: str) -> dict[str, int]:
-    """``/proc/meminfo`` as bytes by field name (``MemTotal``, ``MemAvailable``, ...).
-
-    :param text: the file's content.
-    """
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if not parts or not parts[0].isdigit():
-            continue
-        scale = 1024 if len(parts) > 1 and parts[1] == "kB" else 1
-        out[key.strip()] = int(parts[0]) * scale
-    return out
-
-
-def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
-    """The parsed ``/proc/meminfo`` (empty if unreadable).
-
-    :param path: the file to read (a parameter for tests).
-    """
-    try:
-        return parse_meminfo(Path(path).read_text())
-    except OSError:
-        return {}
-
-
-def pick_ovmf(descriptors: list[dict[str, Any]]) -> tuple[str, str | None] | None:
-    """The first plain UEFI flash image for x86_64 among QEMU firmware descriptors. Pure.
-
-    Secure-boot, SMM-requiring and SEV-ES images are skipped: they need machine options a
-    plain guest does not have.
-
-    :param descriptors: parsed descriptor files, in priority order.
-    :return: (code, vars template) paths, or None.
-    """
-    for desc in descriptors:
-        if "uefi" not in desc.get("interface-types", []):
-            continue
-        targets = desc.get("targets", [])
-        if not any(t.get("architecture") == "x86_64" for t in targets):
-            continue
-        if _UNWANTED_FIRMWARE_FEATURES & set(desc.get("features", [])):
-            continue
-        mapping = desc.get("mapping", {})
-        if mapping.get("device") != "flash":
-            continue
-        code = mapping.get("executable", {}).get("filename")
-        template = mapping.get("nvram-template", {}).get("filename")
-        if isinstance(code, str):
-            return code, template if isinstance(template, str) else None
-    return None
-
-
-def find_ovmf(
-    descriptor_dirs: tuple[str, ...] = FIRMWARE_DESCRIPTOR_DIRS,
-    fallbacks: tuple[tuple[str, str | None], ...] = OVMF_FALLBACKS,
-) -> tuple[str | None, str | None]:
-    """OVMF code and its variable template: from QEMU's firmware descriptors, else known paths.
-
-    A descriptor in an earlier directory overrides one of the same file name in a later one;
-    descriptors are then taken in file name order, as QEMU's interop spec says.
-
-    :param descriptor_dirs: descriptor directories, highest priority first.
-    :param fallbacks: (code, vars) pairs to try when no descriptor names an existing image.
-    :return: (code, vars); (None, None) when no OVMF is installed.
-    """
-    by_name: dict[str, Path] = {}
-    for directory in descriptor_dirs:
-        try:
-            entries = sorted(Path(directory).glob("*.json"))
-        except OSError:
-            continue
-        for entry in entries:
-            by_name.setdefault(entry.name, entry)
-    descriptors = []
-    for name in sorted(by_name):
-        try:
-            data = json.loads(by_name[name].read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            descriptors.append(data)
-    while descriptors:
-        picked = pick_ovmf(descriptors)
-        if picked is None:
-            break
-        code, template = picked
-        if Path(code).is_file():
-            return code, template if template and Path(template).is_file() else None
-        descriptors = descriptors[1:]
-    for code, template in fallbacks:
-        if Path(code).is_file():
-            return code, template if template and Path(template).is_file() else None
-    return None, None
-
-
-# --- QMP probe --------------------------------------------------------------------------------
-
-_PROBE_COMMANDS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
-    ("version", "query-version", None),
-    ("machines", "query-machines", None),
-    ("devices", "qom-list-types", {"implements": "device", "abstract": False}),
-    ("accels", "qom-list-types", {"implements": "accel", "abstract": False}),
-    ("kvm", "query-kvm", None),
-    ("sandbox", "query-command-line-options", {"option": "sandbox"}),
-    ("cpus", "query-cpu-definitions", None),
-)
-_PROBE_COMMAND_NAMES = {key: command for key, command, _ in _PROBE_COMMANDS}
-
-
-def parse_version(raw: dict[str, Any]) -> tuple[int, int, int]:
-    """``query-version``'s answer as (major, minor, micro). Pure.
-
-    :param raw: the ``return`` value.
-    """
-    q = raw["qemu"]
-    return int(q["major"]), int(q["minor"]), int(q["micro"])
-
-
-def parse_machines(raw: list[dict[str, Any]]) -> dict[str, MachineType]:
-    """``query-machines``' answer as machine types by name, aliases included. Pure.
-
-    ``{"name": "pc-i440fx-7.2", "alias": "pc", ...}`` gives two entries: ``pc-i440fx-7.2``
-    and ``pc`` (whose :attr:`MachineType.alias` is ``pc-i440fx-7.2``).
-
-    :param raw: the ``return`` value.
-    """
-    out: dict[str, MachineType] = {}
-    for m in raw:
-        common = {
-            "max_cpus": int(m.get("cpu-max", 1)),
-            "is_default": bool(m.get("is-default", False)),
-            "deprecated": bool(m.get("deprecated", False)),
-        }
-        out[m["name"]] = MachineType(name=m["name"], **common)
-        alias = m.get("alias")
-        if alias:
-            out[alias] = MachineType(name=alias, alias=m["name"], **common)
-    return out
-
-
-def parse_probe(answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The QEMU part of the cache from QMP answers by command id. Pure.
-
-    :param answers: each probe command's response object (``return`` or ``error``).
-    :raise HostError: a required answer is missing or is an error.
-    """
-
-    def ret(key: str) -> Any:
-        answer = answers.get(key)
-        if answer is None or "return" not in answer:
-            why = (answer or {}).get("error", {}).get("desc", "no answer")
-            raise HostError(f"QEMU probe: {_PROBE_COMMAND_NAMES[key]} failed: {why}")
-        return answer["return"]
-
-    # Concrete accelerator types are named <name>-accel; the abstract base "accel" is not one.
-    accels = {
-        t["name"].removesuffix("-accel") for t in ret("accels") if t["name"].endswith("-accel")
-    }
-    kvm_answer = answers.get("kvm", {}).get("return")
-    if isinstance(kvm_answer, dict) and kvm_answer.get("present"):
-        accels.add("kvm")
-    cpus_answer = answers.get("cpus", {}).get("return", [])
-    return {
-        "version": list(parse_version(ret("version"))),
-        "machines": {
-            name: m.model_dump() for name, m in sorted(parse_machines(ret("machines")).items())
-        },
-        "devices": sorted(t["name"] for t in ret("devices")),
-        "accelerators": sorted(accels),
-        # An unknown option is an error answer: no seccomp support compiled in.
-        "seccomp": bool(answers.get("sandbox", {}).get("return")),
-        "cpu_models": sorted(c["name"] for c in cpus_answer if isinstance(c, dict)),
-    }
-
-
-def probe_argv(binary: str) -> list[str]:
-    """The command line of the probing QEMU: no machine, no defaults, QMP on stdio.
-
-    :param binary: the QEMU binary.
-    """
-    return [
-        binary,
-        "-machine",
-        "none",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-qmp",
-        "stdio",
-    ]
-
-
-def query_qemu(binary: str, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
-    """Start ``binary`` once and ask it what it can do over QMP on stdio.
-
-    All commands are written at once (QMP answers them in order, each tagged with its id),
-    followed by ``quit``; QEMU is killed if it has not finished within ``timeout``.
-
-    :param binary: the QEMU binary.
-    :param timeout: seconds before QEMU is killed.
-    :return: the QEMU part of the cache (see :func:`parse_probe`).
-    :raise HostError: QEMU cannot be started, does not answer in time, or answers badly.
-    """
-    import subprocess
-
-    lines = [{"execute": "qmp_capabilities"}]
-    for key, command, arguments in _PROBE_COMMANDS:
-        msg: dict[str, Any] = {"execute": command, "id": key}
-        if arguments is not None:
-            msg["arguments"] = arguments
-        lines.append(msg)
-    lines.append({"execute": "quit"})
-    request = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    argv = probe_argv(binary)
-    try:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-    except OSError as exc:
-        raise HostError(f"cannot start QEMU {binary}: {exc.strerror}; {_INSTALL_HINT}") from exc
-    try:
-        out, err = proc.communicate(request, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        proc.kill()
-        proc.communicate()
-        raise HostError(
-            f"QEMU {binary} did not answer its capability probe within {timeout:g} s"
-        ) from exc
-    finally:
-        if proc.poll() is None:  # interrupted: never leave it behind
-            proc.kill()
-            proc.wait()
-    answers: dict[str, dict[str, Any]] = {}
-    for raw in out.splitlines():
-        try:
-            msg = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(msg, dict) and isinstance(msg.get("id"), str):
-            answers[msg["id"]] = msg
-    if not answers:
-        stderr = [line for line in err.decode(errors="replace").splitlines() if line.strip()]
-        last = stderr[-1] if stderr else f"exit status {proc.returncode}"
-        raise HostError(f"QEMU {binary} did not answer its capability probe: {last}")
-    return parse_probe(answers)
 
 
 # --- Accelerator choice -----------------------------------------------------------------------

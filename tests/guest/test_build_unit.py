@@ -23,12 +23,17 @@ from corral.guest import build, debian, rootfs, tools
 from corral.guest.build import recipe_key
 from corral.guest.debian import PackagePin, kernel_package_from_depends
 from corral.guest.initramfs import (
+    SIGNATURE_MAGIC,
     CpioEntry,
     ModuleTree,
+    hide_ftrace_call_sites,
     modinfo,
+    module_directory,
     module_name,
     parse_module_list,
+    prepare_module,
     resolve_modules,
+    strip_signature,
     write_newc,
 )
 from corral.guest.kernel import extract_vmlinux, pvh_entry
@@ -62,26 +67,43 @@ def make_vmlinux(entry: int | None = 0x1000000) -> bytes:
     return _elf_header(phoff=64, phnum=1) + phdr + notes + b"\x90" * 64
 
 
-def make_ko(info: dict[str, str]) -> bytes:
-    """A 64-bit ELF with a .modinfo section (and .shstrtab)."""
+def make_ko(info: dict[str, str], sections: Sequence[tuple[str, bytes]] = ()) -> bytes:
+    """A 64-bit ELF with a .modinfo section, the given ``(name, data)`` sections and .shstrtab.
+
+    The section names are stored as ``ld`` does: a name that ends another (``__mcount_loc``
+    in ``.rela__mcount_loc``) points into that one.
+    """
     modinfo_data = b"".join(f"{k}={v}".encode() + b"\x00" for k, v in info.items())
-    shstrtab = b"\x00.modinfo\x00.shstrtab\x00"
-    data_at = 64
-    shstr_at = data_at + len(modinfo_data)
-    shoff = shstr_at + len(shstrtab)
-    shoff += -shoff % 8
+    named = [(".modinfo", modinfo_data), *sections]
+    strtab = b"\x00"
+    name_at: dict[str, int] = {}
+    for name in sorted({n for n, _ in named} | {".shstrtab"}, key=len, reverse=True):
+        encoded = name.encode() + b"\x00"
+        found = strtab.find(encoded)
+        if found < 0:
+            found = len(strtab)
+            strtab += encoded
+        name_at[name] = found
 
     def shdr(name: int, sh_type: int, offset: int, size: int) -> bytes:
         return struct.pack("<IIQQQQIIQQ", name, sh_type, 0, 0, offset, size, 0, 0, 1, 0)
 
-    body = modinfo_data + shstrtab
-    body += bytes(shoff - 64 - len(body))
-    sections = (
-        shdr(0, 0, 0, 0)
-        + shdr(1, 1, data_at, len(modinfo_data))
-        + shdr(10, 3, shstr_at, len(shstrtab))
-    )
-    return _elf_header(shoff=shoff, shnum=3, shstrndx=2) + body + sections
+    body = b""
+    headers = shdr(0, 0, 0, 0)
+    for name, data in named:
+        headers += shdr(name_at[name], 1, 64 + len(body), len(data))
+        body += data
+    headers += shdr(name_at[".shstrtab"], 3, 64 + len(body), len(strtab))
+    body += strtab
+    body += bytes(-(64 + len(body)) % 8)
+    shoff = 64 + len(body)
+    return _elf_header(shoff=shoff, shnum=len(named) + 2, shstrndx=len(named) + 1) + body + headers
+
+
+def sign(ko: bytes, signature: bytes = b"\x30\x82pkcs7" * 40) -> bytes:
+    """``ko`` as ``scripts/sign-file`` leaves it: signature, module_signature, magic."""
+    info = bytes([0, 0, 2, 0, 0, 0, 0, 0]) + struct.pack(">I", len(signature))
+    return ko + signature + info + b"~Module signature appended~\n"
 
 
 def make_bzimage(payload: bytes, *, setup_sects: int = 1, version: int = 0x020F) -> bytes:
@@ -225,13 +247,74 @@ def test_resolve_modules_errors(tmp_path: Path) -> None:
         resolve_modules(["c"], tree)
 
 
-def test_recipe_module_list_parses() -> None:
-    names = parse_module_list(tools.recipe_text("modules").decode())
-    assert names[0] == "crc32c_generic"
-    assert {"virtio_pci", "virtio_blk", "ext4", "isofs", "virtio_net", "button", "evdev"} <= set(
-        names
-    )
+def test_recipe_module_lists_parse() -> None:
+    at_boot = parse_module_list(tools.recipe_text("modules").decode())
+    assert at_boot[0] == "crc32c_generic"
+    # what readiness needs: the root disk and the ACPI power button, nothing else
+    assert set(at_boot) == {"crc32c_generic", "virtio_pci", "virtio_blk", "ext4", "button", "evdev"}
+    after_ready = parse_module_list(tools.recipe_text("modules-after-ready").decode())
+    assert set(after_ready) == {"virtio_net", "isofs"}
     assert parse_module_list("# comment\n a-b  # trailing\n\n") == ["a_b"]
+
+
+def test_strip_signature() -> None:
+    ko = make_ko({"name": "ext4"})
+    assert strip_signature(sign(ko)) == ko
+    assert strip_signature(ko) == ko
+    assert modinfo(strip_signature(sign(ko)))["name"] == ["ext4"]
+    too_long = ko + bytes(8) + struct.pack(">I", len(ko) + 100) + SIGNATURE_MAGIC
+    with pytest.raises(GuestBuildError, match="malformed signature"):
+        strip_signature(too_long)
+
+
+def test_hide_ftrace_call_sites() -> None:
+    calls = struct.pack("<3Q", 0x10, 0x80, 0x200)
+    ko = make_ko(
+        {"name": "ext4"},
+        [(".text", b"\xe8" * 16), ("__mcount_loc", calls), (".rela__mcount_loc", b"r" * 24)],
+    )
+    hidden = hide_ftrace_call_sites(ko)
+    assert len(hidden) == len(ko)
+    assert b"__mcount_loc\x00" not in hidden and b"__mcount_off\x00" in hidden
+    # only the name changed: same content, .modinfo still found
+    assert [a != b for a, b in zip(ko, hidden, strict=True)].count(True) <= 3
+    assert calls in hidden and modinfo(hidden)["name"] == ["ext4"]
+    without = make_ko({"name": "crc16"}, [(".text", b"\xc3")])
+    assert hide_ftrace_call_sites(without) == without
+    assert prepare_module(sign(ko)) == hidden
+
+
+def test_module_directory_is_what_modprobe_reads(tmp_path: Path) -> None:
+    tree = _module_tree(
+        tmp_path,
+        {
+            "drivers/net/virtio_net.ko.xz": "net_failover,virtio,virtio_ring",
+            "drivers/net/net_failover.ko": "failover",
+            "net/core/failover.ko": "",
+            "drivers/virtio/virtio_ring.ko": "",
+            "fs/isofs/isofs.ko": "cdrom",
+            "drivers/cdrom/cdrom.ko": "",
+        },
+        builtin=["drivers/virtio/virtio.ko"],
+    )
+    signed = tree.path("failover")
+    assert signed is not None
+    signed.write_bytes(sign(signed.read_bytes()))
+    files = module_directory(["virtio_net", "isofs"], tree)
+    assert files["modules.dep"].decode().splitlines() == [
+        "kernel/net/core/failover.ko:",
+        "kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko",
+        "kernel/drivers/virtio/virtio_ring.ko:",
+        "kernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio_ring.ko"
+        " kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko",
+        "kernel/drivers/cdrom/cdrom.ko:",
+        "kernel/fs/isofs/isofs.ko: kernel/drivers/cdrom/cdrom.ko",
+    ]
+    # uncompressed, without signatures, under the name modprobe looks for
+    assert files["kernel/drivers/net/virtio_net.ko"].startswith(b"\x7fELF")
+    assert not files["kernel/net/core/failover.ko"].endswith(SIGNATURE_MAGIC)
+    assert modinfo(files["kernel/net/core/failover.ko"])["name"] == ["failover"]
+    assert len(files) == 7
 
 
 # -- cpio --------------------------------------------------------------------------------------

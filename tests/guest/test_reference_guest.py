@@ -53,7 +53,7 @@ def heartbeats(text: str) -> list[float]:
 # -- the build -----------------------------------------------------------------------------------
 
 
-def test_artefacts(reference_guest: ReferenceGuest) -> None:
+def test_artefacts(reference_guest: ReferenceGuest, tmp_path: Path) -> None:
     g = reference_guest
     assert g.dir.name == g.key and g.ready_marker == "corral-ready"
     assert re.fullmatch(r"\d+\.\d+\.\d+-\d+-amd64", g.kernel_version)
@@ -69,8 +69,17 @@ def test_artefacts(reference_guest: ReferenceGuest) -> None:
         ["cpio", "-it", "--quiet"], stdin=g.initrd.open("rb"), capture_output=True, check=True
     ).stdout.decode()
     modules = {Path(p).stem for p in listing.split() if p.endswith(".ko")}
-    assert {"virtio_pci", "virtio_blk", "ext4", "jbd2", "isofs", "virtio_net", "button"} <= modules
+    # only what readiness needs; the rest loads from the root disk after corral-ready
+    assert {"virtio_pci", "virtio_blk", "ext4", "jbd2", "button", "evdev"} <= modules
+    assert not {"virtio_net", "isofs"} & modules
     assert {"init", "bin/busybox", "dev/console", "modules.load"} <= set(listing.split())
+    ext4 = subprocess.run(
+        ["cpio", "-i", "--quiet", "--to-stdout", "lib/modules/ext4.ko"],
+        stdin=g.initrd.open("rb"),
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert ext4.startswith(b"\x7fELF") and not ext4.endswith(b"~Module signature appended~\n")
 
     info = json.loads(
         subprocess.run(
@@ -84,6 +93,23 @@ def test_artefacts(reference_guest: ReferenceGuest) -> None:
 
     manifest = json.loads((g.dir / "manifest.json").read_text())
     assert manifest["key"] == g.key and manifest["kernel_version"] == g.kernel_version
+    assert {"virtio_net", "isofs"} <= set(manifest["modules_after_ready"])
+
+    # the root disk has the modules with a modules.dep (modprobe works) and /etc/modules
+    raw = tmp_path / "root.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(g.rootdisk), str(raw)], check=True
+    )
+
+    def cat(path: str) -> str:
+        return subprocess.run(
+            ["debugfs", "-R", f"cat {path}", str(raw)], capture_output=True, text=True, check=True
+        ).stdout
+
+    depends = cat(f"/lib/modules/{g.kernel_version}/modules.dep")
+    assert "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko" in depends
+    assert "kernel/fs/ext4/ext4.ko: " in depends
+    assert re.findall(r"^(\w+)$", cat("/etc/modules"), re.MULTILINE) == ["virtio_net", "isofs"]
 
 
 def test_cached_build_is_fast_and_runs_nothing(
@@ -140,14 +166,47 @@ def test_boots_to_ready_with_heartbeats(boot: Boot) -> None:
     assert vm.log().count("corral-ready") == 1
     assert "Kernel panic" not in vm.log()
     # the console shell works and runs as root on the real root disk
-    out = vm.shell("id -u; hostname; mount | grep ' / '")
+    out = vm.shell("id -u; hostname; mount | grep ' / '; grep -c ' /bin/busybox ' /proc/mounts")
     assert out.splitlines()[:2] == ["0", "corral-guest"]
     assert "/dev/vda on / type ext4 (rw" in out
+    # the initramfs's busybox, bind-mounted over the root disk's identical copy
+    assert out.splitlines()[-1] == "1"
     # heartbeats start a line even when the shell left its prompt unfinished
     mark = len(vm.log())
     vm.wait_for(rf"^{HEARTBEAT_PREFIX} \d+\.\d+$", 10, after=mark)
     text = vm.log()
     assert text.count(HEARTBEAT_PREFIX) == len(heartbeats(text))
+
+
+@pytest.mark.tcg
+def test_modules_readiness_does_not_need_load_after_ready(boot: Boot) -> None:
+    """virtio-net and ISO 9660 load in the background after corral-ready, from the root disk.
+
+    The NIC is user-mode networking with ``restrict=on``: the guest cannot reach outside.
+    """
+    vm = boot(
+        extra_args=[
+            "-netdev",
+            "user,id=net0,restrict=on",
+            "-device",
+            "virtio-net-pci,netdev=net0,romfile=",
+        ]
+    )
+    vm.wait_ready(BOOT_DEADLINE)
+    out = vm.shell(
+        "i=0; while [ $i -lt 300 ] && ! [ -d /sys/class/net/eth0 -a -d /sys/module/isofs ]; "
+        "do i=$((i+1)); sleep 0.1; done; "
+        "for d in /sys/module/virtio_net /sys/module/isofs /sys/class/net/eth0; "
+        "do [ -d $d ] && echo $d; done; "
+        "modprobe -a virtio_net isofs && echo modprobe-ok"
+    )
+    assert out.splitlines() == [
+        "/sys/module/virtio_net",
+        "/sys/module/isofs",
+        "/sys/class/net/eth0",
+        "modprobe-ok",
+    ]
+    assert "corral-rcS: warning" not in vm.log()
 
 
 @pytest.mark.tcg

@@ -1,10 +1,13 @@
-"""The reference guest's initramfs: the kernel modules it loads, in a newc cpio written here.
+"""The reference guest's kernel modules, and its initramfs: a newc cpio written here.
 
 Planning is pure: :func:`resolve_modules` reads the wanted modules' dependencies from their
 ``.modinfo`` (:func:`modinfo`) in the unpacked kernel package (:class:`ModuleTree`) and puts
-them in load order. Writing is plain Python too: :func:`write_newc` writes the cpio itself, so
-the ``/dev/console`` node needs no root, and :func:`write_initramfs` fills it with busybox,
-the modules and the recipe's ``/init``.
+them in load order; :func:`module_directory` lays out a ``/lib/modules/<version>`` for the
+root disk, with the ``modules.dep`` that busybox ``modprobe`` reads. Every module is shipped
+as :func:`prepare_module` makes it: without its signature, its ftrace call sites hidden.
+Writing is plain Python too: :func:`write_newc` writes the cpio itself, so the
+``/dev/console`` node needs no root, and :func:`write_initramfs` fills it with busybox, the
+modules and the recipe's ``/init``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import lzma
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +37,29 @@ def module_name(path_or_name: str) -> str:
     return base.replace("-", "_")
 
 
+def _sections(ko: bytes) -> Iterator[tuple[bytes, int, int, int]]:
+    """Each section of a 64-bit little-endian ELF: name, offset, size, and where the name is.
+
+    :raise GuestBuildError: not such an ELF.
+    """
+    if ko[:4] != b"\x7fELF" or ko[4] != 2 or ko[5] != 1:
+        raise GuestBuildError("kernel module is not a 64-bit little-endian ELF")
+    (shoff,) = struct.unpack_from("<Q", ko, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", ko, 0x3A)
+
+    def header(index: int) -> tuple[int, int, int]:
+        name, _type, _flags, _addr, offset, size = struct.unpack_from(
+            "<IIQQQQ", ko, shoff + index * shentsize
+        )
+        return name, offset, size
+
+    _, names_at, _ = header(shstrndx)
+    for index in range(shnum):
+        name, offset, size = header(index)
+        start = names_at + name
+        yield ko[start : ko.index(b"\x00", start)], offset, size, start
+
+
 def modinfo(ko: bytes) -> dict[str, list[str]]:
     """The ``.modinfo`` section of a kernel module: each key with its values.
 
@@ -41,22 +67,8 @@ def modinfo(ko: bytes) -> dict[str, list[str]]:
     :return: e.g. ``{"name": ["ext4"], "depends": ["mbcache,jbd2,crc16"], ...}``.
     :raise GuestBuildError: not a 64-bit ELF, or no ``.modinfo`` section.
     """
-    if ko[:4] != b"\x7fELF" or ko[4] != 2 or ko[5] != 1:
-        raise GuestBuildError("kernel module is not a 64-bit little-endian ELF")
-    (shoff,) = struct.unpack_from("<Q", ko, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", ko, 0x3A)
-
-    def section(index: int) -> tuple[int, int, int]:
-        name, _type, _flags, _addr, offset, size = struct.unpack_from(
-            "<IIQQQQ", ko, shoff + index * shentsize
-        )
-        return name, offset, size
-
-    _, str_off, str_size = section(shstrndx)
-    names = ko[str_off : str_off + str_size]
-    for index in range(shnum):
-        name_at, offset, size = section(index)
-        if names[name_at : names.index(b"\x00", name_at)] == b".modinfo":
+    for name, offset, size, _ in _sections(ko):
+        if name == b".modinfo":
             info: dict[str, list[str]] = {}
             for entry in ko[offset : offset + size].split(b"\x00"):
                 key, sep, value = entry.decode(errors="replace").partition("=")
@@ -89,6 +101,17 @@ class ModuleTree:
         """The module's file, if it is a loadable module."""
         return self._paths.get(name)
 
+    def relative_path(self, name: str) -> str:
+        """The module's path below the tree, named as uncompressed (``kernel/fs/ext4/ext4.ko``).
+
+        :raise GuestBuildError: no such module.
+        """
+        path = self.path(name)
+        if path is None:
+            raise GuestBuildError(f"kernel module {name} is not in the kernel package")
+        relative = path.relative_to(self.root).as_posix()
+        return relative[: relative.rindex(".ko")] + ".ko"
+
     def content(self, name: str) -> bytes:
         """The module's uncompressed ELF content.
 
@@ -105,6 +128,76 @@ class ModuleTree:
         if path.name.endswith(".ko"):
             return data
         raise GuestBuildError(f"kernel module {path.name} uses an unsupported compression")
+
+
+#: The end of a signed module (``scripts/sign-file``): the signature, then a 12-byte
+#: ``struct module_signature`` whose last 4 bytes are the signature's length (big-endian),
+#: then this magic.
+SIGNATURE_MAGIC = b"~Module signature appended~\n"
+_SIGNATURE_INFO = 12
+
+
+def strip_signature(ko: bytes) -> bytes:
+    """The module without its appended signature; a module without one is returned as it is.
+
+    The guest's kernel (``CONFIG_MODULE_SIG`` without ``MODULE_SIG_FORCE``) loads an unsigned
+    module and only marks itself tainted (``E``), while checking a signature costs it a
+    SHA-256 of the whole module and an RSA verification, slow under TCG: about 0.08 s of the
+    boot for the modules the initramfs loads. The files come from the kernel package that
+    apt verified on the host, so the guest would only check the same bytes again. (A module
+    changed but still signed would be refused: :func:`hide_ftrace_call_sites` needs this.)
+
+    :param ko: the module's content (uncompressed ELF, signed or not).
+    :raise GuestBuildError: the signature trailer is malformed.
+    """
+    if not ko.endswith(SIGNATURE_MAGIC):
+        return ko
+    info_end = len(ko) - len(SIGNATURE_MAGIC)
+    (signature_length,) = struct.unpack_from(">I", ko, info_end - 4)
+    end = info_end - _SIGNATURE_INFO - signature_length
+    if end < 64 or ko[:4] != b"\x7fELF":
+        raise GuestBuildError("kernel module has a malformed signature trailer")
+    return ko[:end]
+
+
+#: The section listing a module's ftrace call sites (each function's ``call __fentry__``).
+MCOUNT_SECTION = b"__mcount_loc"
+#: What :func:`hide_ftrace_call_sites` renames it to (same length: renamed in place).
+HIDDEN_MCOUNT_SECTION = b"__mcount_off"
+
+
+def hide_ftrace_call_sites(ko: bytes) -> bytes:
+    """The module with its ftrace call-site list renamed, so that ftrace never sees it.
+
+    When a module loads, ftrace turns the ``call __fentry__`` that starts each of its
+    functions into a no-op and then checks every call site with a symbol lookup that scans
+    all the module's symbols: quadratic, about 35 ms of a TCG boot, most of it for ext4.
+    Under another name the section is loaded as plain data, ftrace finds no call sites, and
+    each call stays a call to ``__fentry__``, which only returns. The cost: the module's
+    functions cannot be traced with ftrace (the guest has no tracefs anyway; see
+    ``KERNEL_CMDLINE``); kprobes still work. A module without the section is returned as
+    it is. The module must be unsigned (:func:`strip_signature`): the kernel refuses a
+    module whose signature does not match.
+
+    :param ko: the module's content (uncompressed ELF).
+    :raise GuestBuildError: not a 64-bit ELF.
+    """
+    for name, _offset, _size, name_at in _sections(ko):
+        if name == MCOUNT_SECTION:
+            return ko[:name_at] + HIDDEN_MCOUNT_SECTION + ko[name_at + len(MCOUNT_SECTION) :]
+    return ko
+
+
+def prepare_module(ko: bytes) -> bytes:
+    """A module as the guest gets it: signature stripped, ftrace call sites hidden.
+
+    :func:`strip_signature`, then :func:`hide_ftrace_call_sites`; both only spare the guest's
+    kernel work when it loads the module.
+
+    :param ko: the module's content as packaged (uncompressed ELF).
+    :raise GuestBuildError: not a 64-bit ELF, or a malformed signature.
+    """
+    return hide_ftrace_call_sites(strip_signature(ko))
 
 
 def parse_module_list(text: str) -> list[str]:
@@ -162,6 +255,29 @@ def resolve_modules(wanted: Iterable[str], tree: ModuleTree) -> list[tuple[str, 
     for name in wanted:
         visit(name)
     return order
+
+
+def module_directory(wanted: Iterable[str], tree: ModuleTree) -> dict[str, bytes]:
+    """The files of a ``/lib/modules/<version>`` directory for busybox ``modprobe``.
+
+    It holds ``wanted`` and their dependencies, each at its path in the package
+    (uncompressed, :func:`prepare_module`), and a ``modules.dep`` that lists, for each of them,
+    every module it needs (transitively), the one to load first last, as ``depmod`` writes it.
+
+    :param wanted: canonical module names.
+    :param tree: the kernel's modules.
+    :return: path relative to the directory -> content, ``modules.dep`` included.
+    :raise GuestBuildError: as :func:`resolve_modules`.
+    """
+    files: dict[str, bytes] = {}
+    lines = []
+    for name, content in resolve_modules(wanted, tree):
+        relative = tree.relative_path(name)
+        files[relative] = prepare_module(content)
+        needs = [tree.relative_path(dep) for dep, _ in resolve_modules([name], tree)[:-1]]
+        lines.append(f"{relative}: {' '.join(reversed(needs))}".rstrip() + "\n")
+    files["modules.dep"] = "".join(lines).encode()
+    return files
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The reference guest's root disk: staged in a directory, written by ``mkfs.ext4 -d``, never
 mounted, then converted to qcow2.
 
-:func:`make_rootfs` stages busybox, its applet links and the recipe's files, has
+:func:`make_rootfs` stages busybox, its applet links, the recipe's files and the kernel
+modules (the directory :func:`~corral.guest.initramfs.module_directory` lays out), has
 ``mkfs.ext4 -d`` copy them into an ext4 image and ``debugfs`` make every file root's with a
 fixed time (so the image is reproducible and the build needs no root); :func:`write_qcow2`
 converts the raw image.
@@ -31,6 +32,7 @@ _ROOT_FILES: Mapping[str, tuple[str, int]] = {
     "corral-shutdown": ("sbin/corral-shutdown", 0o755),
     "acpi-power-button": ("etc/acpi/PWRF/00000080", 0o755),
     "acpid.conf": ("etc/acpid.conf", 0o644),
+    "modules-after-ready": ("etc/modules", 0o644),
     "profile": ("etc/profile", 0o644),
     "hostname": ("etc/hostname", 0o644),
     "hosts": ("etc/hosts", 0o644),
@@ -58,6 +60,8 @@ _ROOT_DIRS: Mapping[str, int] = {
     "var": 0o755,
     "var/log": 0o755,
     "mnt": 0o755,
+    "lib": 0o755,
+    "lib/modules": 0o755,
 }
 
 
@@ -76,7 +80,13 @@ def _busybox_applets(busybox: Path) -> list[str]:
     return applets
 
 
-def make_rootfs(raw: Path, key: str, busybox: Path, staging: Path) -> None:
+def make_rootfs(
+    raw: Path,
+    key: str,
+    busybox: Path,
+    staging: Path,
+    files: Mapping[str, bytes] | None = None,
+) -> None:
     """Stage the root file system and write it as an ext4 image into the sparse file ``raw``.
 
     :param raw: the raw disk image to write (:data:`ROOT_DISK_BYTES` long).
@@ -84,6 +94,8 @@ def make_rootfs(raw: Path, key: str, busybox: Path, staging: Path) -> None:
     :param busybox: the static busybox to install.
     :param staging: a directory to create and stage the files in; ``debugfs.cmds`` is
         written next to ``raw``.
+    :param files: more files (mode 0644) by path relative to ``/``, such as the kernel
+        modules below ``lib/modules/<version>``; missing directories are created (0755).
     :raise GuestBuildError: a tool failed, or busybox lists unexpected applets.
     """
     staging.mkdir()
@@ -100,6 +112,13 @@ def make_rootfs(raw: Path, key: str, busybox: Path, staging: Path) -> None:
         target = staging / dest
         target.write_bytes(recipe_text(recipe_name))
         target.chmod(mode)
+    for relative, content in (files or {}).items():
+        target = staging / relative
+        for parent in reversed(target.relative_to(staging).parents[:-1]):
+            (staging / parent).mkdir(mode=0o755, exist_ok=True)
+            (staging / parent).chmod(0o755)
+        target.write_bytes(content)
+        target.chmod(0o644)
     for directory, mode in _ROOT_DIRS.items():
         (staging / directory).chmod(mode)
 

@@ -15,6 +15,7 @@ from corral.compute.context import Corral
 from corral.compute.locks import ObjectLock
 from corral.compute.records import IMAGE_FILE
 from corral.errors import AlreadyExists, InUse, InvalidInput, NotFound
+from corral.spec import parse
 from corral.spec.vm import NAME_PATTERN, BootSpec
 from corral.store.models import ImageRow, VmRow
 
@@ -46,17 +47,22 @@ def _lock(ctx: Corral, name: str) -> ObjectLock:
     return ObjectLock(ctx.home.locks, "image", name)
 
 
-def _users(ctx: Corral, name: str) -> list[str]:
-    """VMs with a disk cloned from image ``name``."""
+def _users_by_image(ctx: Corral) -> dict[str, list[str]]:
+    """For each image, the VMs with a disk cloned from it (one pass over the VMs)."""
     from corral.spec.vm import VmSpec
 
-    users = []
+    users: dict[str, list[str]] = {}
     with ctx.db.session() as session:
         for row in session.scalars(select(VmRow).order_by(VmRow.name)):
             spec = VmSpec.model_validate_json(row.spec)
-            if any(disk.image == name for disk in spec.disks):
-                users.append(row.name)
+            for image in sorted({disk.image for disk in spec.disks if disk.image}):
+                users.setdefault(image, []).append(row.name)
     return users
+
+
+def _users(ctx: Corral, name: str) -> list[str]:
+    """VMs with a disk cloned from image ``name``."""
+    return _users_by_image(ctx).get(name, [])
 
 
 def _view(row: ImageRow, users: list[str]) -> ImageView:
@@ -108,7 +114,8 @@ def import_image(
         raise InvalidInput("initrd", "an initrd needs a kernel")
     if cmdline and kernel is None:
         raise InvalidInput("cmdline", "a kernel command line needs a kernel")
-    BootSpec(kind="kernel", kernel="/k", cmdline=cmdline)  # same rules as a VM's cmdline
+    # The same rules as a VM's kernel command line, reported as InvalidInput("cmdline", ...).
+    parse(BootSpec, {"kind": "kernel", "kernel": "/", "cmdline": cmdline})
     for field, path in (("kernel", kernel), ("initrd", initrd)):
         if path is not None and not path.is_file():
             raise InvalidInput(field, f"{path} is not a file")
@@ -156,7 +163,8 @@ def list_images(ctx: Corral) -> list[ImageView]:
     """All base images by name, each with the VMs cloned from it."""
     with ctx.db.session() as session:
         rows = list(session.scalars(select(ImageRow).order_by(ImageRow.name)))
-    return [_view(row, _users(ctx, row.name)) for row in rows]
+    users = _users_by_image(ctx)
+    return [_view(row, users.get(row.name, [])) for row in rows]
 
 
 def get_image(ctx: Corral, name: str) -> ImageView:

@@ -96,9 +96,6 @@ def start(ctx: Corral, name: str, wait: bool = False, timeout: float = READY_TIM
         except LaunchError as exc:
             _set(ctx, name, VmState.SHUTOFF if previous is VmState.CRASHED else previous, str(exc))
             raise
-        except BaseException:
-            # Interrupted between launch and record: the next command reconciles.
-            raise
         _set(ctx, name, VmState.RUNNING, "started", proc)
         if not wait or vm.row.ready_marker is None:
             return Outcome(name, VmState.RUNNING, f"pid {proc.pid}")

@@ -68,7 +68,7 @@ class Monitor:
         self._client.register_listener(self._listener)
         try:
             self._run(self._client.connect(self.socket_path))
-        except (OSError, TimeoutError, Exception) as exc:
+        except Exception as exc:  # OSError, timeouts and qemu.qmp's ConnectError alike
             self.close()
             raise MonitorError("connect", f"{self.socket_path}: {exc}") from exc
 

@@ -336,11 +336,11 @@ def usage(proc: QemuProcess) -> Usage | None:
     return Usage(cpu, rss)
 
 
-def uptime_ticks() -> float:
+def uptime_seconds() -> float:
     """Seconds since boot, as ``/proc/uptime`` reports."""
     return float(Path("/proc/uptime").read_text().split()[0])
 
 
 def process_age(proc: QemuProcess) -> float:
     """Seconds since ``proc`` started."""
-    return uptime_ticks() - proc.start_ticks / _TICK
+    return uptime_seconds() - proc.start_ticks / _TICK

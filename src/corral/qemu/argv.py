@@ -44,6 +44,8 @@ _QMP_CHARDEV = "charmonitor"
 _SERIAL_CHARDEV = "charserial0"
 _FW_CODE = "fw-code"
 _FW_VARS = "fw-vars"
+#: Node name of the cloud-init seed (disk nodes always have a ``.`` in theirs).
+_SEED = "seed"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def build_argv(spec: VmSpec, caps: HostCaps, paths: VmPaths) -> list[str]:
     argv += _boot(vm)
     for index, disk in enumerate(spec.disks):
         argv += _disk(vm, index, disk)
+    argv += _seed(vm)
     for index, nic in enumerate(spec.nics):
         argv += _nic(vm, index, nic)
     argv += _serial(vm)
@@ -269,7 +272,7 @@ def _boot(vm: _Vm) -> list[str]:
 
 
 def _raw_node(name: str, path: str, *, read_only: bool) -> list[str]:
-    """A raw image as a ``file`` node and a ``raw`` node named ``name`` (flash images)."""
+    """A raw image as a ``file`` node and a ``raw`` node named ``name`` (flash, the seed)."""
     file_node = f"{name}.file"
     return [
         "-blockdev",
@@ -336,6 +339,19 @@ def _disk(vm: _Vm, index: int, disk: DiskSpec) -> list[str]:
     if index == 0 and vm.spec.boot.kind == "firmware":
         device["bootindex"] = 1
     return argv + _device(vm.caps, device)
+
+
+def _seed(vm: _Vm) -> list[str]:
+    """The cloud-init seed: a raw, read-only virtio disk (cloud-init finds it by its label).
+
+    :raise ValueError: the spec asks for a seed and the paths have none.
+    """
+    if not vm.spec.seed:
+        return []
+    if vm.paths.seed_iso is None:
+        raise ValueError(f"vm {vm.spec.name!r}: the spec has a seed and paths.seed_iso is None")
+    device = {"driver": _DISK_DRIVER[vm.bus], "drive": _SEED, "id": _SEED}
+    return [*_raw_node(_SEED, vm.paths.seed_iso, read_only=True), *_device(vm.caps, device)]
 
 
 def _nic(vm: _Vm, index: int, nic: NicSpec) -> list[str]:

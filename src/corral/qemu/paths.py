@@ -44,6 +44,8 @@ class VmPaths:
     disks: dict[str, DiskFiles] = field(default_factory=dict)
     #: OVMF variable store copy for UEFI guests.
     ovmf_vars: str | None = None
+    #: The cloud-init NoCloud seed (an ISO 9660 image), attached when the spec asks for it.
+    seed_iso: str | None = None
 
     @classmethod
     def for_dir(cls, root: str, disks: dict[str, DiskFiles] | None = None) -> VmPaths:
@@ -57,4 +59,5 @@ class VmPaths:
             vnc_socket=f"{root}/vnc.sock",
             disks=dict(disks or {}),
             ovmf_vars=f"{root}/OVMF_VARS.fd",
+            seed_iso=f"{root}/seed.iso",
         )

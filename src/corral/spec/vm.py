@@ -216,6 +216,9 @@ class VmSpec(_Frozen):
     nics: tuple[NicSpec, ...] = ()
     serial: SerialSpec = SerialSpec()
     vnc: VncSpec | None = None
+    #: Attach the VM's cloud-init NoCloud seed (``seed.iso``, volume ``cidata``) as a
+    #: read-only virtio disk after its own disks.
+    seed: bool = False
 
     @field_serializer("memory")
     def dump_memory(self, value: int) -> str:
@@ -254,6 +257,8 @@ class VmSpec(_Frozen):
         ports = [(f.protocol, f.host_addr, f.host_port) for n in self.nics for f in n.forwards]
         if len(set(ports)) != len(ports):
             raise ValueError("a host port can be forwarded only once")
+        if self.seed and "seed" in disk_names:
+            raise ValueError("the disk name 'seed' is taken by the cloud-init seed")
         if self.boot.kind == "firmware" and not self.disks:
             raise ValueError("firmware boot needs at least one disk")
         if self.machine == "microvm" and self.boot.kind != "kernel":

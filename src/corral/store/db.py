@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 #: The newest migration; a test checks it is alembic's head.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 

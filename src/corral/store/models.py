@@ -1,4 +1,4 @@
-"""Tables of corral's state. One row per VM and per image; specs are stored as JSON."""
+"""Tables of corral's state: VMs, images and key pairs. Specs are stored as JSON."""
 
 from __future__ import annotations
 
@@ -39,6 +39,14 @@ class VmRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     state_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Instance type it was launched with (``corral launch``); ``None`` for ``corral create``.
+    instance_type: Mapped[str | None] = mapped_column(String(63))
+    #: Key pair whose public key the seed installed.
+    keypair: Mapped[str | None] = mapped_column(String(63))
+    #: The cloud-init ``instance-id`` (``i-`` and 16 hex digits), stable for the VM's life.
+    instance_id: Mapped[str | None] = mapped_column(String(32))
+    #: The user ``corral ssh`` logs in as (from the image).
+    ssh_user: Mapped[str | None] = mapped_column(String(32))
 
 
 class ImageRow(Base):
@@ -61,4 +69,25 @@ class ImageRow(Base):
     initrd: Mapped[str | None] = mapped_column(Text)
     cmdline: Mapped[str] = mapped_column(Text, default="")
     ready_marker: Mapped[str | None] = mapped_column(String(128))
+    #: The user cloud-init gives the key pair's key to (``debian``, ``ubuntu``, ``root``).
+    ssh_user: Mapped[str] = mapped_column(String(32), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class KeyPairRow(Base):
+    """An SSH public key that launches install in guests. The private key is never stored."""
+
+    __tablename__ = "keypairs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    #: The key's algorithm as OpenSSH names it (``ssh-ed25519``, ``ssh-rsa``, ...).
+    kind: Mapped[str] = mapped_column(String(64))
+    #: The public key in ``authorized_keys`` form: ``<kind> <base64> [comment]``.
+    public_key: Mapped[str] = mapped_column(Text)
+    #: ``SHA256:<base64>``, as ``ssh-keygen -l`` prints it.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    #: Where the private key was written or said to be (a path, never the key).
+    private_key_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -11,7 +11,8 @@ HTTP status an API maps it to::
     │   ├── AlreadyExists            409  the name is taken
     │   ├── StateError               409  the operation is not allowed in the VM's current state
     │   ├── InUse                    409  an image still backs VMs, a VM still runs
-    │   └── Busy                     409  another command holds the VM's lock
+    │   ├── Busy                     409  another command holds the VM's lock
+    │   └── InsufficientCapacity     409  the host has too little free memory, disk or CPUs
     ├── ImageError                   422  a file is not a usable image (corrupt, refers to others)
     ├── HostError                    503  the host lacks something (QEMU binary, KVM, disk space)
     ├── QemuError                    500
@@ -63,16 +64,21 @@ class InvalidInput(CorralError):
 
 
 class NotFound(CorralError):
-    """No object of that kind has that name."""
+    """No object of that kind has that name.
+
+    :param hint: what to do instead, appended after a semicolon (the names that exist).
+    """
 
     status = 404
 
-    def __init__(self, kind: str, name: str) -> None:
-        super().__init__(f"{kind} {name!r} not found")
+    def __init__(self, kind: str, name: str, hint: str = "") -> None:
+        super().__init__(f"{kind} {name!r} not found" + (f"; {hint}" if hint else ""))
         #: Kind of object: ``vm``, ``image``, ``disk``.
         self.kind = kind
         #: The name that was looked up.
         self.name = name
+        #: What to do instead, if anything.
+        self.hint = hint
 
 
 class Conflict(CorralError):
@@ -129,6 +135,22 @@ class Busy(Conflict):
         )
         self.kind = kind
         self.name = name
+
+
+class InsufficientCapacity(Conflict):
+    """The host cannot hold what was asked for; checked before anything is created.
+
+    :param resource: ``memory``, ``disk`` or ``vcpus``.
+    :param needed: what the request needs, in the resource's unit (bytes, vCPUs).
+    :param available: what the host has free.
+    :param detail: the sentence that explains both figures.
+    """
+
+    def __init__(self, resource: str, needed: int, available: int, detail: str) -> None:
+        super().__init__(f"not enough {resource}: {detail}")
+        self.resource = resource
+        self.needed = needed
+        self.available = available
 
 
 class ImageError(CorralError):

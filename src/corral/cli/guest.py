@@ -22,12 +22,20 @@ def build_cmd(
 ) -> None:
     """Build the reference guest from Debian packages (cached by content hash)."""
     from corral.cli.progress import phases
-    from corral.compute.reference import ensure_reference
+    from corral.compute.reference import Catalogued, ensure_reference
 
     with open_corral() as ctx, phases("reference guest") as progress:
-        guest, imported = ensure_reference(ctx, progress, force=force, import_image=import_)
+        guest, done = ensure_reference(ctx, progress, force=force, import_image=import_)
     render.out.print(
         f"reference guest {guest.key[:12]} (kernel {guest.kernel_version}) in {guest.dir}"
     )
-    if imported:
+    if done is Catalogued.IMPORTED:
         render.out.print("imported as image 'reference'")
+    elif done is Catalogued.REPLACED:
+        render.out.print("image 'reference' replaced by this build (it was from an older one)")
+    elif done is Catalogued.STALE_IN_USE:
+        render.err.print(
+            "[yellow]warning:[/] image 'reference' is from an older build and VMs are cloned "
+            "from it, so it stays; delete those VMs and run `corral guest build` again to use "
+            "this build"
+        )

@@ -34,6 +34,12 @@ def import_cmd(
     ready_marker: Annotated[
         str | None, typer.Option(help="Serial console line that says the guest is ready.")
     ] = None,
+    ssh_user: Annotated[
+        str,
+        typer.Option(
+            help="User that cloud-init gives the key to (default: from --os, e.g. debian)."
+        ),
+    ] = "",
 ) -> None:
     """Import a file as a read-only qcow2 base image."""
     from corral.cli.progress import bar
@@ -41,7 +47,17 @@ def import_cmd(
 
     with open_corral() as ctx, bar(f"importing {file.name}") as progress:
         view = import_image(
-            ctx, name, file, fmt, os_hint, kernel, initrd, cmdline, ready_marker, progress
+            ctx,
+            name,
+            file,
+            fmt,
+            os_hint,
+            kernel,
+            initrd,
+            cmdline,
+            ready_marker,
+            progress,
+            ssh_user=ssh_user,
         )
     render.out.print(
         f"image {view.name} imported from {view.source_format}: "
@@ -61,7 +77,7 @@ def list_cmd(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         return
     render.table(
         None,
-        ["Name", "Format", "From", "Virtual Size", "Disk Size", "OS", "Boot", "Used by"],
+        ["Name", "Format", "From", "Virtual Size", "Disk Size", "OS", "Login", "Boot", "Instances"],
         (
             [
                 v.name,
@@ -70,6 +86,7 @@ def list_cmd(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
                 render.size(v.virtual_size),
                 render.size(v.actual_size),
                 v.os_hint or "-",
+                v.ssh_user,
                 "kernel" if v.kernel else "firmware",
                 str(len(v.used_by)),
             ]
@@ -102,6 +119,7 @@ def info_cmd(
             ("Initrd", v.initrd or "-"),
             ("Cmdline", v.cmdline or "-"),
             ("Ready marker", v.ready_marker or "-"),
+            ("Login user", v.ssh_user),
             ("File", v.path),
             ("Used by", ", ".join(v.used_by) or "-"),
         ]

@@ -12,6 +12,9 @@ from corral.cli.context import open_corral
 from corral.cli.guest import guest_app
 from corral.cli.host import host_app
 from corral.cli.image import image_app
+from corral.cli.keys import key_app
+from corral.cli.launch import launch_cmd, scp_cmd, ssh_cmd
+from corral.cli.types import type_app
 from corral.errors import CorralError, GuestTimeout, LaunchError
 
 app = typer.Typer(
@@ -25,6 +28,11 @@ app = typer.Typer(
 app.add_typer(image_app, name="image")
 app.add_typer(host_app, name="host")
 app.add_typer(guest_app, name="guest")
+app.add_typer(key_app, name="key")
+app.add_typer(type_app, name="type")
+app.command("launch")(launch_cmd)
+app.command("ssh")(ssh_cmd)
+app.command("scp")(scp_cmd)
 
 Name = Annotated[str, typer.Argument(help="The VM's name.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -242,6 +250,10 @@ def info(name: Name, json_: Json = False) -> None:
             ("Memory", render.size(v.memory)),
             ("Machine", v.machine),
             ("Image", v.image or "-"),
+            ("Instance type", v.instance_type or "-"),
+            ("Key pair", v.keypair or "-"),
+            ("Instance ID", v.instance_id or "-"),
+            ("SSH", f"{v.ssh} (corral ssh {v.name})" if v.ssh else "-"),
             ("PID", str(v.pid) if v.pid else "-"),
             ("Host CPU", "-" if v.host_cpu is None else f"{v.host_cpu:.1f}%"),
             ("Host memory", render.size(v.host_memory)),

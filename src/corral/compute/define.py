@@ -44,6 +44,9 @@ class CreateRequest:
     firmware: str = "bios"
     #: Extra fields merged into the spec (advanced use and tests).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Set on the VM's record: what ``corral launch`` knows of it (``instance_type``,
+    #: ``keypair``, ``instance_id``, ``ssh_user``).
+    record: dict[str, str | None] = field(default_factory=dict)
 
 
 _FORWARD = re.compile(
@@ -172,12 +175,24 @@ def _create_locked(ctx: Corral, req: CreateRequest) -> VmSpec:
                     image=req.image,
                     ready_marker=image.ready_marker if image else None,
                     reason="defined",
+                    **_record_fields(req.record),
                 )
             )
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
     return spec
+
+
+#: VM record fields a :class:`CreateRequest` may set.
+_RECORD_FIELDS = frozenset({"instance_type", "keypair", "instance_id", "ssh_user"})
+
+
+def _record_fields(fields: dict[str, str | None]) -> dict[str, str | None]:
+    unknown = set(fields) - _RECORD_FIELDS
+    if unknown:
+        raise ValueError(f"CreateRequest.record: unknown fields {sorted(unknown)}")
+    return fields
 
 
 def delete(ctx: Corral, name: str, keep_disks: bool = False) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,31 @@ from corral.store.models import ImageRow, VmRow
 
 Progress = Callable[[float], None]
 
+#: A login name as useradd accepts it.
+LOGIN_PATTERN = r"[a-z_][a-z0-9_-]{0,31}"
+#: The default user of each distribution's cloud images, by a word of the OS hint.
+_CLOUD_USERS = {
+    "debian": "debian",
+    "ubuntu": "ubuntu",
+    "fedora": "fedora",
+    "centos": "cloud-user",
+    "rhel": "cloud-user",
+    "rocky": "rocky",
+    "alma": "almalinux",
+    "almalinux": "almalinux",
+    "opensuse": "opensuse",
+    "arch": "arch",
+    "alpine": "alpine",
+}
+
+
+def default_login(os_hint: str) -> str:
+    """The user cloud-init creates on an image with this OS hint (``root`` if unknown)."""
+    for word in re.findall(r"[a-z]+", os_hint.lower()):
+        if word in _CLOUD_USERS:
+            return _CLOUD_USERS[word]
+    return "root"
+
 
 @dataclass(frozen=True)
 class ImageView:
@@ -35,6 +61,8 @@ class ImageView:
     initrd: str | None
     cmdline: str
     ready_marker: str | None
+    #: Who ``corral ssh`` logs in as on instances of the image.
+    ssh_user: str
     path: str
     created_at: str
     used_by: list[str]
@@ -78,6 +106,7 @@ def _view(row: ImageRow, users: list[str]) -> ImageView:
         initrd=row.initrd,
         cmdline=row.cmdline,
         ready_marker=row.ready_marker,
+        ssh_user=row.ssh_user or default_login(row.os_hint),
         path=row.path,
         created_at=row.created_at.isoformat(),
         used_by=users,
@@ -95,17 +124,17 @@ def import_image(
     cmdline: str = "",
     ready_marker: str | None = None,
     progress: Progress | None = None,
+    ssh_user: str = "",
 ) -> ImageView:
     """Import ``source`` as base image ``name``: verified, converted to qcow2, read-only.
 
     :param fmt: the source's format; detected (and verified) when ``None``.
     :param kernel: a kernel for direct boot, copied into the image's directory.
+    :param ssh_user: the user cloud-init gives the key to; by default guessed from ``os_hint``.
     :raise InvalidInput: a bad name or boot option.
     :raise AlreadyExists: the name is taken.
     :raise ImageError: the file is not an image corral accepts.
     """
-    import re
-
     from corral.storage.images import import_image as convert_in
 
     if not re.match(NAME_PATTERN, name):
@@ -121,6 +150,10 @@ def import_image(
             raise InvalidInput(field, f"{path} is not a file")
     if ready_marker is not None and (not ready_marker or "\n" in ready_marker):
         raise InvalidInput("ready_marker", "must be one non-empty line")
+    if ssh_user and not re.fullmatch(LOGIN_PATTERN, ssh_user):
+        raise InvalidInput(
+            "ssh_user", f"{ssh_user!r} is not a user name; it must match {LOGIN_PATTERN}"
+        )
     with _lock(ctx, name):
         with ctx.db.session() as session:
             if session.scalars(select(ImageRow.id).where(ImageRow.name == name)).first():
@@ -150,6 +183,7 @@ def import_image(
                 initrd=boot_files["initrd"],
                 cmdline=cmdline,
                 ready_marker=ready_marker,
+                ssh_user=ssh_user,
             )
             with ctx.db.session() as session:
                 session.add(row)

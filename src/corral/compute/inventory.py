@@ -55,6 +55,12 @@ class VmView:
     forwards: list[str] = field(default_factory=list)
     console: str | None = None
     vnc: str | None = None
+    #: What ``corral launch`` recorded: instance type, key pair, cloud-init instance-id.
+    instance_type: str | None = None
+    keypair: str | None = None
+    instance_id: str | None = None
+    #: ``user@host:port`` that ``corral ssh`` logs in to, if a port is forwarded to 22.
+    ssh: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +116,11 @@ def view(vm: Vm) -> VmView:
         for nic in vm.spec.nics
         for f in nic.forwards
     ]
+    ssh = None
+    for nic in vm.spec.nics:
+        for f in nic.forwards:
+            if f.protocol == "tcp" and f.guest_port == 22 and ssh is None:
+                ssh = f"{row.ssh_user or 'root'}@{f.host_addr}:{f.host_port}"
     vnc = None
     if vm.spec.vnc is not None:
         vnc = (
@@ -137,6 +148,10 @@ def view(vm: Vm) -> VmView:
         forwards=forwards,
         console=vm.paths.serial_socket if vm.spec.serial.enabled else None,
         vnc=vnc,
+        instance_type=row.instance_type,
+        keypair=row.keypair,
+        instance_id=row.instance_id,
+        ssh=ssh,
     )
 
 

@@ -1,0 +1,171 @@
+"""``corral key``: SSH key pairs that launches install in guests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from corral.cli import render
+from corral.cli.context import open_corral
+
+key_app = typer.Typer(
+    help="Create, import, list, show and delete SSH key pairs (corral never keeps private keys).",
+    no_args_is_help=True,
+)
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Name = Annotated[str, typer.Argument(help="The key pair's name.")]
+
+
+def _created(iso: str) -> str:
+    return iso[:19].replace("T", " ")
+
+
+def _warn(message: str | None) -> None:
+    if message:
+        render.err.print(f"warning: {message}", markup=False, soft_wrap=True)
+
+
+@key_app.command("create")
+def create_cmd(
+    name: Name,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Private key file to write (default ~/.ssh/corral-NAME); must not exist."
+        ),
+    ] = None,
+) -> None:
+    """Create an ed25519 key pair; the private key is written once, to a new 0600 file."""
+    from corral.compute.keys import create_key
+
+    with open_corral() as ctx:
+        view, path = create_key(ctx, name, out)
+    say = render.out
+    say.print(f"key pair {view.name} created ({view.kind})", markup=False)
+    say.print(f"private key: {path} (mode 0600)", markup=False, soft_wrap=True)
+    say.print(f"public key:  {path}.pub", markup=False, soft_wrap=True)
+    say.print(f"fingerprint: {view.fingerprint}", markup=False)
+    say.print(
+        "corral does not keep the private key: that file is its only copy.",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@key_app.command("import")
+def import_cmd(
+    name: Name,
+    file: Annotated[str, typer.Argument(help="Public key file (the .pub one); - for stdin.")],
+    private_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--private-key",
+            help="Where the private key is, for `corral ssh` (default: FILE without .pub, "
+            "if it exists). Only its path is recorded.",
+        ),
+    ] = None,
+) -> None:
+    """Import an OpenSSH public key (ed25519, ECDSA, RSA of 2048 bits or more, FIDO)."""
+    from corral.compute.keys import (
+        import_key,
+        import_key_file,
+        private_key_warning,
+    )
+    from corral.spec.keys import MAX_KEY_TEXT, decode_key_file
+
+    with open_corral() as ctx:
+        if file == "-":
+            text = decode_key_file(sys.stdin.buffer.read(MAX_KEY_TEXT + 1), "stdin")
+            view = import_key(ctx, name, text, private_key, field="stdin")
+        else:
+            view = import_key_file(ctx, name, Path(file), private_key)
+    render.out.print(
+        f"key pair {view.name} imported ({view.kind}, {view.fingerprint})", markup=False
+    )
+    if view.private_key_path is None:
+        render.out.print(
+            "private key: not recorded (give --private-key PATH so `corral ssh` finds it)",
+            markup=False,
+        )
+    else:
+        render.out.print(f"private key: {view.private_key_path}", markup=False, soft_wrap=True)
+        _warn(private_key_warning(view.private_key_path))
+
+
+@key_app.command("list")
+def list_cmd(json_: Json = False) -> None:
+    """List key pairs with their fingerprints."""
+    from rich.markup import escape
+
+    from corral.compute.keys import list_keys
+
+    with open_corral() as ctx:
+        views = list_keys(ctx)
+    if json_:
+        render.print_json([v.as_dict() for v in views])
+        return
+    render.table(
+        None,
+        ["Name", "Type", "Fingerprint", "Private Key", "Created"],
+        (
+            [
+                v.name,
+                v.kind,
+                v.fingerprint,
+                escape(v.private_key_path or "-"),
+                _created(v.created_at),
+            ]
+            for v in views
+        ),
+    )
+
+
+@key_app.command("show")
+def show_cmd(name: Name, json_: Json = False) -> None:
+    """Show one key pair, with its public key line."""
+    from rich.markup import escape
+
+    from corral.compute.keys import get_key
+
+    with open_corral() as ctx:
+        v = get_key(ctx, name)
+    if json_:
+        render.print_json(v.as_dict())
+        return
+    private = "-"
+    if v.private_key_path is not None:
+        missing = "" if Path(v.private_key_path).is_file() else " (missing)"
+        private = escape(v.private_key_path) + missing
+    render.fields(
+        [
+            ("Name", v.name),
+            ("Type", f"{v.kind} ({v.bits} bits)"),
+            ("Fingerprint", v.fingerprint),
+            ("Comment", escape(v.comment) or "-"),
+            ("Private key", private),
+            ("Created", _created(v.created_at)),
+            ("Public key", escape(v.public_key)),
+        ]
+    )
+
+
+@key_app.command("delete")
+def delete_cmd(name: Name) -> None:
+    """Forget a key pair; its private key file and launched instances keep the key."""
+    from corral.compute.keys import delete_key
+
+    with open_corral() as ctx:
+        view = delete_key(ctx, name)
+    render.out.print(f"key pair {view.name} deleted", markup=False)
+    if view.private_key_path is not None:
+        render.out.print(
+            f"the private key file {view.private_key_path} was left in place "
+            "(corral never deletes it)",
+            markup=False,
+            soft_wrap=True,
+        )
+    render.out.print("instances launched with this key keep it in their authorized_keys")

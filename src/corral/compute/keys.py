@@ -1,0 +1,334 @@
+"""Key pairs: named SSH public keys that launches install in guests.
+
+corral records the public key and, for ``corral ssh``, the *path* of the private key; never the
+private key itself. :func:`create_key` writes a new ed25519 private key once, to a new file
+that only its owner can read (``~/.ssh/corral-<name>`` unless told otherwise), with the public
+half beside it in ``<path>.pub``.
+
+Decisions:
+
+* the same public key may be recorded under several names, as EC2 allows: a name is what a
+  launch refers to, and two names for one key harm nothing;
+* :func:`delete_key` removes the record only; the private key file stays where it is, and
+  instances launched with the key keep it in their ``authorized_keys``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from corral.compute.context import Corral
+from corral.compute.locks import ObjectLock
+from corral.errors import AlreadyExists, InvalidInput, NotFound
+from corral.spec.keys import (
+    KEY_NAME_PATTERN,
+    MAX_KEY_TEXT,
+    PublicKey,
+    check_key_name,
+    decode_key_file,
+    parse_public_key,
+)
+from corral.store.models import KeyPairRow
+
+#: File name prefix of the private keys :func:`create_key` writes into ``~/.ssh``.
+DEFAULT_KEY_PREFIX = "corral-"
+
+
+@dataclass(frozen=True)
+class KeyPairView:
+    """A recorded key pair, as listings and ``show`` present it."""
+
+    name: str
+    #: The key type as OpenSSH names it (``ssh-ed25519``).
+    kind: str
+    bits: int
+    #: ``SHA256:...``, as ``ssh-keygen -l`` prints it.
+    fingerprint: str
+    comment: str
+    #: The ``authorized_keys`` line launches install.
+    public_key: str
+    #: Where the private key is (a path recorded at create or import), if known.
+    private_key_path: str | None
+    created_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_private_key_path(name: str) -> Path:
+    """Where :func:`create_key` writes the private key of ``name``: ``~/.ssh/corral-<name>``."""
+    return Path.home() / ".ssh" / f"{DEFAULT_KEY_PREFIX}{name}"
+
+
+def _lock(ctx: Corral, name: str) -> ObjectLock:
+    return ObjectLock(ctx.home.locks, "keypair", name)
+
+
+def _view(row: KeyPairRow) -> KeyPairView:
+    try:
+        bits = parse_public_key(row.public_key).bits
+    except InvalidInput:  # recorded under rules that have since become stricter
+        bits = 0
+    return KeyPairView(
+        name=row.name,
+        kind=row.kind,
+        bits=bits,
+        fingerprint=row.fingerprint,
+        comment=row.comment,
+        public_key=row.public_key,
+        private_key_path=row.private_key_path,
+        # SQLite hands back naive datetimes; they are UTC.
+        created_at=row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC).isoformat(),
+    )
+
+
+def _exists(ctx: Corral, name: str) -> bool:
+    with ctx.db.session() as session:
+        return (
+            session.scalars(select(KeyPairRow.id).where(KeyPairRow.name == name)).first()
+            is not None
+        )
+
+
+def _record(ctx: Corral, name: str, key: PublicKey, private_key_path: str | None) -> KeyPairView:
+    """Insert the row (the caller holds the name's lock and checked it is free)."""
+    row = KeyPairRow(
+        id=str(uuid.uuid4()),
+        name=name,
+        kind=key.kind,
+        public_key=key.line,
+        fingerprint=key.fingerprint,
+        comment=key.comment,
+        private_key_path=private_key_path,
+    )
+    try:
+        with ctx.db.session() as session:
+            session.add(row)
+    except IntegrityError:
+        raise AlreadyExists("key pair", name) from None
+    return _view(row)
+
+
+def check_private_key_path(path: Path, field: str = "private_key") -> Path:
+    """``path`` made absolute, after checking it is a regular file (its content is not read).
+
+    :raise InvalidInput: it does not exist, is not a regular file, or is a ``.pub`` file.
+    """
+    path = path.expanduser().absolute()
+    if path.name.endswith(".pub"):
+        raise InvalidInput(
+            field, f"{path} is a public key file; give the private key (the file without .pub)"
+        )
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InvalidInput(field, f"{path} does not exist") from None
+    except OSError as exc:
+        raise InvalidInput(field, f"{path} cannot be checked: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidInput(field, f"{path} is not a regular file")
+    return path
+
+
+def private_key_warning(path: str | Path) -> str | None:
+    """A warning if the private key file at ``path`` is readable by others (ssh refuses it)."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return None
+    if mode & 0o077:
+        return (
+            f"private key {path} has mode {stat.S_IMODE(mode):04o}: others can read it and ssh "
+            f"will refuse to use it; run: chmod 600 {path}"
+        )
+    return None
+
+
+def import_key(
+    ctx: Corral,
+    name: str,
+    public_key_text: str,
+    private_key_path: Path | None = None,
+    field: str = "public_key",
+) -> KeyPairView:
+    """Record a public key under ``name``; nothing is recorded if anything is wrong.
+
+    :param public_key_text: one OpenSSH public key (what a ``.pub`` file holds).
+    :param private_key_path: where the matching private key is, for ``corral ssh``; it must
+        be a regular file, whose content is never read.
+    :param field: what errors about the key name (the file it came from).
+    :raise InvalidInput: a bad name, public key or private key path.
+    :raise AlreadyExists: a key pair already has that name.
+    """
+    check_key_name(name)
+    key = parse_public_key(public_key_text, field)
+    private = None if private_key_path is None else check_private_key_path(private_key_path)
+    with _lock(ctx, name):
+        if _exists(ctx, name):
+            raise AlreadyExists("key pair", name)
+        return _record(ctx, name, key, None if private is None else str(private))
+
+
+def import_key_file(
+    ctx: Corral, name: str, file: Path, private_key_path: Path | None = None
+) -> KeyPairView:
+    """Record the public key in ``file`` under ``name``.
+
+    Without ``private_key_path``, a ``file`` named ``X.pub`` next to a regular file ``X``
+    records ``X`` as the private key (what ``ssh-keygen`` writes).
+
+    :raise InvalidInput: the file is missing or not one acceptable public key (the error names
+        the file), or a bad name or private key path.
+    :raise AlreadyExists: a key pair already has that name.
+    """
+    check_key_name(name)
+    try:
+        with file.open("rb") as handle:
+            data = handle.read(MAX_KEY_TEXT + 1)
+    except FileNotFoundError:
+        raise InvalidInput("file", f"{file} does not exist") from None
+    except IsADirectoryError:
+        raise InvalidInput("file", f"{file} is a directory, not a public key file") from None
+    except OSError as exc:
+        raise InvalidInput("file", f"{file} cannot be read: {exc.strerror or exc}") from None
+    text = decode_key_file(data, str(file))
+    if private_key_path is None and file.name.endswith(".pub"):
+        companion = file.with_name(file.name.removesuffix(".pub"))
+        if companion.is_file():
+            private_key_path = companion
+    return import_key(ctx, name, text, private_key_path, field=str(file))
+
+
+def create_key(ctx: Corral, name: str, out: Path | None = None) -> tuple[KeyPairView, Path]:
+    """Create an ed25519 key pair: the private key written once to a new 0600 file.
+
+    The private key goes to ``out`` (default :func:`default_private_key_path`, creating
+    ``~/.ssh`` with mode 0700 if needed) and the public key to ``<out>.pub``; neither file is
+    ever overwritten. All or nothing: if recording fails, the files are removed.
+
+    :return: the recorded key pair and the private key's path.
+    :raise InvalidInput: a bad name, or a file that exists or cannot be written (``out``).
+    :raise AlreadyExists: a key pair already has that name.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    check_key_name(name)
+    path = default_private_key_path(name) if out is None else out.expanduser().absolute()
+    public_path = path.with_name(path.name + ".pub")
+    with _lock(ctx, name):
+        if _exists(ctx, name):
+            raise AlreadyExists("key pair", name)
+        if out is None:
+            _ensure_ssh_dir(path.parent)
+        elif not path.parent.is_dir():
+            raise InvalidInput("out", f"{path.parent} is not a directory")
+        for target in (path, public_path):
+            if target.exists() or target.is_symlink():
+                raise _file_exists(target)
+        private = Ed25519PrivateKey.generate()
+        secret = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        openssh = private.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        key = parse_public_key(f"{openssh.decode()} {DEFAULT_KEY_PREFIX}{name}")
+        written: list[Path] = []
+        try:
+            _write_new(path, secret, 0o600)
+            written.append(path)
+            _write_new(public_path, (key.line + "\n").encode(), 0o644)
+            written.append(public_path)
+            view = _record(ctx, name, key, str(path))
+        except BaseException:
+            for done in written:
+                done.unlink(missing_ok=True)
+            raise
+    return view, path
+
+
+def _ensure_ssh_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(
+            "out", f"cannot create {directory}: {exc.strerror or exc}; choose a path with --out"
+        ) from None
+    if not directory.is_dir():
+        raise InvalidInput("out", f"{directory} is not a directory; choose a path with --out")
+
+
+def _file_exists(path: Path) -> InvalidInput:
+    return InvalidInput(
+        "out",
+        f"{path} already exists and corral never overwrites a key file; "
+        "choose another path with --out",
+    )
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to a file that must not exist yet, with exactly ``mode``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        raise _file_exists(path) from None
+    except OSError as exc:
+        raise InvalidInput("out", f"cannot create {path}: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, mode)  # the umask may have taken bits away; never adds any here
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+def list_keys(ctx: Corral) -> list[KeyPairView]:
+    """Every recorded key pair, by name."""
+    with ctx.db.session() as session:
+        rows = list(session.scalars(select(KeyPairRow).order_by(KeyPairRow.name)))
+    return [_view(row) for row in rows]
+
+
+def get_key(ctx: Corral, name: str) -> KeyPairView:
+    """:raise NotFound: no key pair is called ``name``."""
+    with ctx.db.session() as session:
+        row = session.scalars(select(KeyPairRow).where(KeyPairRow.name == name)).first()
+    if row is None:
+        raise NotFound("key pair", name)
+    return _view(row)
+
+
+def delete_key(ctx: Corral, name: str) -> KeyPairView:
+    """Forget key pair ``name``. The private key file is left alone.
+
+    :return: what was deleted (its private key path, to tell the user the file remains).
+    :raise NotFound: no such key pair.
+    """
+    if not re.match(KEY_NAME_PATTERN, name):  # no such name can exist; keep it off paths
+        raise NotFound("key pair", name)
+    with _lock(ctx, name), ctx.db.session() as session:
+        row = session.scalars(select(KeyPairRow).where(KeyPairRow.name == name)).first()
+        if row is None:
+            raise NotFound("key pair", name)
+        view = _view(row)
+        session.delete(row)
+    return view

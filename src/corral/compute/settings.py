@@ -1,0 +1,95 @@
+"""Host-wide settings of one state directory: ``$CORRAL_HOME/corral.toml``.
+
+Every key is optional::
+
+    [launch]
+    ssh_port_range = "2200-2999"     # loopback ports forwarded to guests' port 22
+
+    [capacity]
+    disk_allocation_ratio = 1.0      # provisioned disk may be this many times the free space
+    memory_reserve = "256M"          # memory kept free for the host itself
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from corral.config import Home
+from corral.errors import InvalidInput
+from corral.units import MiB, parse_size
+
+SETTINGS_FILE = "corral.toml"
+
+
+def _memory(value: object) -> object:
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        try:
+            return parse_size(value, "M")
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+class LaunchSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ssh_port_range: tuple[int, int] = (2200, 2999)
+
+    @field_validator("ssh_port_range", mode="before")
+    @classmethod
+    def parse_range(cls, value: object) -> object:
+        if isinstance(value, str):
+            match = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", value)
+            if not match:
+                raise ValueError(f"{value!r} is not a range like 2200-2999")
+            return (int(match[1]), int(match[2]))
+        return value
+
+    @field_validator("ssh_port_range")
+    @classmethod
+    def check_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError("must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535")
+        return value
+
+
+class CapacitySettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    disk_allocation_ratio: float = Field(default=1.0, gt=0, le=100)
+    memory_reserve: Annotated[int, BeforeValidator(_memory)] = Field(default=256 * MiB, ge=0)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    launch: LaunchSettings = LaunchSettings()
+    capacity: CapacitySettings = CapacitySettings()
+
+
+def load_settings(home: Home) -> Settings:
+    """The settings in ``corral.toml``, defaults for what it does not say (or if missing).
+
+    :raise InvalidInput: the file is not valid TOML or has an unknown or bad key; the field
+        is named as ``<file>: <section>.<key>``.
+    """
+    path = home.root / SETTINGS_FILE
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return Settings()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(str(path), f"not valid TOML: {exc}") from None
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        reason = str(first["msg"]).removeprefix("Value error, ")
+        raise InvalidInput(f"{Path(path)}: {where}", reason) from None

@@ -17,10 +17,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from corral.guest import ReferenceGuest
+from corral.guest import HOST_KEYS_BEGIN, HOST_KEYS_END, ReferenceGuest
 
 POLL = 0.01
 _tokens = itertools.count(1)
+#: The MAC address of the NIC that ``GuestVM(nic=True)`` attaches.
+NIC_MAC = "52:54:00:12:34:56"
 
 
 def qemu_binary() -> str | None:
@@ -31,6 +33,14 @@ def _blockdev(**options: object) -> str:
     return json.dumps(options, separators=(",", ":"))
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (QEMU binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 class GuestError(AssertionError):
     """The guest did not do what a test waited for; carries the end of its serial log."""
 
@@ -39,6 +49,10 @@ class GuestVM:
     """One QEMU process booting the reference guest on a fresh qcow2 overlay of its root disk.
 
     Socket paths stay short (a directory made under /tmp), as UNIX sockets require.
+    ``seed`` attaches a NoCloud seed image as corral does: a read-only virtio-blk disk
+    (``file`` and ``raw`` block nodes, both read-only). ``nic`` attaches a virtio NIC on
+    QEMU's user-mode network with ``restrict=on`` (the guest reaches nothing outside) and the
+    guest's SSH port forwarded from ``127.0.0.1:<ssh_port>``.
     """
 
     def __init__(
@@ -49,6 +63,9 @@ class GuestVM:
         extra_args: Sequence[str] = (),
         root_disk: bool = True,
         memory_mib: int = 256,
+        seed: Path | None = None,
+        nic: bool = False,
+        cpu: str | None = None,
     ) -> None:
         self.guest = guest
         self.dir = Path(tempfile.mkdtemp(prefix="cg-", dir="/tmp"))
@@ -61,6 +78,9 @@ class GuestVM:
         self.extra_args = list(extra_args)
         self.root_disk = root_disk
         self.memory_mib = memory_mib
+        self.seed = seed
+        self.ssh_port = free_port() if nic else None
+        self.cpu = cpu
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self._serial: socket.socket | None = None
@@ -77,6 +97,7 @@ class GuestVM:
             "-no-user-config",
             "-machine",
             "pc,accel=tcg",
+            *(["-cpu", self.cpu] if self.cpu else []),
             "-m",
             str(self.memory_mib),
             "-display",
@@ -106,6 +127,28 @@ class GuestVM:
                 _blockdev(driver="qcow2", file="top-file", backing="base", **{"node-name": "top"}),
                 "-device",
                 "virtio-blk-pci,drive=top",
+            ]
+        if self.seed is not None:
+            argv += [
+                "-blockdev",
+                _blockdev(
+                    driver="file",
+                    filename=str(self.seed),
+                    **{"node-name": "seed-file", "read-only": True},
+                ),
+                "-blockdev",
+                _blockdev(
+                    driver="raw", file="seed-file", **{"node-name": "seed", "read-only": True}
+                ),
+                "-device",
+                "virtio-blk-pci,drive=seed",
+            ]
+        if self.ssh_port is not None:
+            argv += [
+                "-netdev",
+                f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+                "-device",
+                f"virtio-net-pci,netdev=net0,romfile=,mac={NIC_MAC}",
             ]
         argv += [
             "-chardev",
@@ -197,6 +240,68 @@ class GuestVM:
         """Wait for the ready marker; return seconds since QEMU started."""
         self.wait_for(rf"^{re.escape(self.guest.ready_marker)}$", timeout, after)
         return time.monotonic() - self.started_at
+
+    def host_keys(self, after: int = 0) -> list[str]:
+        """The lines of the last SSH host key block on the console (from offset ``after``)."""
+        text = self.log()[after:]
+        blocks = re.findall(
+            rf"^{re.escape(HOST_KEYS_BEGIN)}\n(.*?)^{re.escape(HOST_KEYS_END)}$",
+            text,
+            re.MULTILINE | re.DOTALL,
+        )
+        if not blocks:
+            raise GuestError(f"no SSH host key block on the console\n{self.tail()}")
+        return [line for line in blocks[-1].splitlines() if line]
+
+    # -- SSH -----------------------------------------------------------------------------------
+
+    def ssh(
+        self,
+        command: str,
+        key: Path,
+        known_hosts: Path,
+        *,
+        timeout: float = 60.0,
+        tty: bool = False,
+        stdin: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` as root in the guest through the real OpenSSH client.
+
+        Host keys are checked strictly against ``known_hosts``; only ``key`` is offered;
+        nothing asks a question (``BatchMode``).
+        """
+        assert self.ssh_port is not None, "boot with nic=True to reach the guest's SSH server"
+        argv = [
+            "ssh",
+            "-i",
+            str(key),
+            "-p",
+            str(self.ssh_port),
+            "-F",
+            "/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=20",
+            *(["-tt"] if tty else []),
+            "root@127.0.0.1",
+            command,
+        ]
+        return subprocess.run(
+            argv,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     # -- serial console ------------------------------------------------------------------------
 

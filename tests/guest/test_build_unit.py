@@ -250,10 +250,18 @@ def test_resolve_modules_errors(tmp_path: Path) -> None:
 def test_recipe_module_lists_parse() -> None:
     at_boot = parse_module_list(tools.recipe_text("modules").decode())
     assert at_boot[0] == "crc32c_generic"
-    # what readiness needs: the root disk and the ACPI power button, nothing else
-    assert set(at_boot) == {"crc32c_generic", "virtio_pci", "virtio_blk", "ext4", "button", "evdev"}
-    after_ready = parse_module_list(tools.recipe_text("modules-after-ready").decode())
-    assert set(after_ready) == {"virtio_net", "isofs"}
+    # what readiness needs: the root disk, the seed CD, the NIC, the ACPI power button
+    assert set(at_boot) == {
+        "crc32c_generic",
+        "virtio_pci",
+        "virtio_blk",
+        "ext4",
+        "isofs",
+        "virtio_net",
+        "button",
+        "evdev",
+    }
+    assert parse_module_list(tools.recipe_text("modules-after-ready").decode()) == []
     assert parse_module_list("# comment\n a-b  # trailing\n\n") == ["a_b"]
 
 
@@ -493,6 +501,8 @@ def fake_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     )
     _make_deb(repo, "linux-image-6.1.0-99-amd64", "6.1.99-1")
     _make_deb(repo, "busybox-static", "1:1.35.0-4")
+    for name in debian.SSH_PACKAGES:
+        _make_deb(repo, name, "1.0-1")
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_REPO", str(repo))
     monkeypatch.setenv("FAKE_APT_LOG", str(tmp_path / "apt.log"))
@@ -522,10 +532,12 @@ def test_packages_resolved_through_the_meta_package(tmp_path: Path, fake_apt: Pa
     assert [(p.name, p.version) for p in pins] == [
         ("linux-image-6.1.0-99-amd64", "6.1.99-1"),
         ("busybox-static", "1:1.35.0-4"),
+        *((name, "1.0-1") for name in debian.SSH_PACKAGES),
     ]
     assert _apt_calls(tmp_path) == [
         "download -q linux-image-amd64",
-        "download -q linux-image-6.1.0-99-amd64=6.1.99-1 busybox-static",
+        "download -q linux-image-6.1.0-99-amd64=6.1.99-1 busybox-static "
+        + " ".join(debian.SSH_PACKAGES),
     ]
     for pin in pins:
         assert debs[pin.name] == guest_root / "debs" / pin.filename
@@ -564,6 +576,29 @@ def test_pinned_package_that_changed_is_refused(tmp_path: Path, fake_apt: Path) 
     _make_deb(fake_apt, "busybox-static", "1:1.35.0-4", payload="rebuilt differently")
     with pytest.raises(GuestBuildError, match="force"):
         _obtain(guest_root, pins)
+
+
+def test_packages_added_to_the_recipe_are_resolved_and_the_kernel_kept(
+    tmp_path: Path, fake_apt: Path
+) -> None:
+    """Pins from before the SSH server: the kernel stays pinned, the new packages are added."""
+    guest_root = tmp_path / "cache" / "guest"
+    guest_root.mkdir(parents=True)
+    pins, _ = _obtain(guest_root, None)
+    old = [*pins[:2], PackagePin("no-longer-used", "1", "gone.deb", "0" * 64)]
+    # the archive has a newer kernel now: the pinned one must stay
+    _make_deb(
+        fake_apt,
+        "linux-image-amd64",
+        "6.1.100-1",
+        depends="linux-image-6.1.0-100-amd64 (= 6.1.100-1)",
+    )
+    _make_deb(fake_apt, "linux-image-6.1.0-100-amd64", "6.1.100-1")
+    (guest_root / "debs" / pins[3].filename).unlink()
+    again, debs = _obtain(guest_root, old)
+    assert again == pins
+    assert _apt_calls(tmp_path)[-1] == "download -q " + " ".join(debian.SSH_PACKAGES)
+    assert set(debs) == {p.name for p in pins}
 
 
 def test_apt_failure_is_explained(

@@ -28,7 +28,9 @@ from corral.guest import (
     build_reference_guest,
     cached_reference_guest,
 )
-from corral.guest.kernel import elf_notes, pvh_entry
+from corral.guest.debian import SSH_PACKAGES
+from corral.guest.elf import dynamic_linking, elf_notes
+from corral.guest.kernel import pvh_entry
 
 BOOT_DEADLINE = 60.0
 EXIT_DEADLINE = 30.0
@@ -69,9 +71,9 @@ def test_artefacts(reference_guest: ReferenceGuest, tmp_path: Path) -> None:
         ["cpio", "-it", "--quiet"], stdin=g.initrd.open("rb"), capture_output=True, check=True
     ).stdout.decode()
     modules = {Path(p).stem for p in listing.split() if p.endswith(".ko")}
-    # only what readiness needs; the rest loads from the root disk after corral-ready
+    # what readiness needs: the root disk, the seed CD, the NIC, the power button
     assert {"virtio_pci", "virtio_blk", "ext4", "jbd2", "button", "evdev"} <= modules
-    assert not {"virtio_net", "isofs"} & modules
+    assert {"virtio_net", "net_failover", "failover", "isofs"} <= modules
     assert {"init", "bin/busybox", "dev/console", "modules.load"} <= set(listing.split())
     ext4 = subprocess.run(
         ["cpio", "-i", "--quiet", "--to-stdout", "lib/modules/ext4.ko"],
@@ -93,7 +95,8 @@ def test_artefacts(reference_guest: ReferenceGuest, tmp_path: Path) -> None:
 
     manifest = json.loads((g.dir / "manifest.json").read_text())
     assert manifest["key"] == g.key and manifest["kernel_version"] == g.kernel_version
-    assert {"virtio_net", "isofs"} <= set(manifest["modules_after_ready"])
+    assert manifest["modules_after_ready"] == []
+    assert {p["name"] for p in manifest["packages"]} >= {"busybox-static", *SSH_PACKAGES}
 
     # the root disk has the modules with a modules.dep (modprobe works) and /etc/modules
     raw = tmp_path / "root.raw"
@@ -101,15 +104,62 @@ def test_artefacts(reference_guest: ReferenceGuest, tmp_path: Path) -> None:
         ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(g.rootdisk), str(raw)], check=True
     )
 
-    def cat(path: str) -> str:
+    def debugfs(request: str) -> bytes:
         return subprocess.run(
-            ["debugfs", "-R", f"cat {path}", str(raw)], capture_output=True, text=True, check=True
+            ["debugfs", "-R", request, str(raw)], capture_output=True, check=True
         ).stdout
+
+    def cat(path: str) -> str:
+        return debugfs(f"cat {path}").decode()
+
+    def inode(path: str) -> tuple[str, int]:
+        """The inode's type (``regular``, ``directory``, ``symlink``) and permission bits."""
+        match = re.search(rb"Type: (\w+)\s+Mode:\s+(0\d+)", debugfs(f"stat {path}"))
+        assert match, path
+        return match.group(1).decode(), int(match.group(2), 8)
 
     depends = cat(f"/lib/modules/{g.kernel_version}/modules.dep")
     assert "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko" in depends
     assert "kernel/fs/ext4/ext4.ko: " in depends
-    assert re.findall(r"^(\w+)$", cat("/etc/modules"), re.MULTILINE) == ["virtio_net", "isofs"]
+    assert re.findall(r"^(\w+)$", cat("/etc/modules"), re.MULTILINE) == []
+
+    def listing(directory: str) -> list[str]:
+        # ls -p: /inode/mode/uid/gid/name/size/ per entry
+        lines = debugfs(f"ls -p {directory}").decode().splitlines()
+        return sorted(line.split("/")[5] for line in lines if line.startswith("/"))
+
+    # the SSH server: dropbear's programs and only the libraries they load, under the names
+    # they are loaded by (symbolic links, as in the packages, to versioned files)
+    sonames = {
+        "/lib64/ld-linux-x86-64.so.2",
+        "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib/x86_64-linux-gnu/libcrypt.so.1",
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libtomcrypt.so.1",
+        "/usr/lib/x86_64-linux-gnu/libtommath.so.1",
+        "/usr/lib/x86_64-linux-gnu/libgmp.so.10",
+    }
+    ssh_files = set(manifest["ssh_files"])
+    versioned = {f for f in ssh_files if re.search(r"\.so\.\d+\.\d+", f)}
+    assert ssh_files - versioned == {"/usr/sbin/dropbear", "/usr/bin/dropbearkey"} | sonames
+    assert all(any(f.startswith(s + ".") for s in sonames) for f in versioned), versioned
+    dropbear = debugfs("cat /usr/sbin/dropbear")
+    assert set(dynamic_linking(dropbear).needed) == {
+        "libtomcrypt.so.1",
+        "libtommath.so.1",
+        "libz.so.1",
+        "libcrypt.so.1",
+        "libc.so.6",
+    }
+    assert inode("/usr/sbin/dropbear") == inode("/usr/bin/dropbearkey") == ("regular", 0o755)
+    assert inode("/lib64/ld-linux-x86-64.so.2")[0] == "symlink"
+    assert "dbclient" not in listing("/usr/bin")
+    assert listing("/etc/dropbear") == [".", ".."]  # no host key: each VM makes its own
+    assert inode("/root/.ssh") == ("directory", 0o700)
+    assert inode("/usr/lib/corral/nocloud.awk") == ("regular", 0o644)
+    assert inode("/sbin/corral-nocloud") == ("regular", 0o755)
+    assert inode("/etc/udhcpc/default.script") == ("regular", 0o755)
 
 
 def test_cached_build_is_fast_and_runs_nothing(
@@ -179,31 +229,24 @@ def test_boots_to_ready_with_heartbeats(boot: Boot) -> None:
 
 
 @pytest.mark.tcg
-def test_modules_readiness_does_not_need_load_after_ready(boot: Boot) -> None:
-    """virtio-net and ISO 9660 load in the background after corral-ready, from the root disk.
+def test_network_and_seed_modules_are_loaded_before_ready(boot: Boot) -> None:
+    """virtio-net and ISO 9660 come from the initramfs; at corral-ready eth0 has its address.
 
     The NIC is user-mode networking with ``restrict=on``: the guest cannot reach outside.
+    Without a seed the guest asks DHCP for eth0's address.
     """
-    vm = boot(
-        extra_args=[
-            "-netdev",
-            "user,id=net0,restrict=on",
-            "-device",
-            "virtio-net-pci,netdev=net0,romfile=",
-        ]
-    )
+    vm = boot(nic=True)
     vm.wait_ready(BOOT_DEADLINE)
     out = vm.shell(
-        "i=0; while [ $i -lt 300 ] && ! [ -d /sys/class/net/eth0 -a -d /sys/module/isofs ]; "
-        "do i=$((i+1)); sleep 0.1; done; "
         "for d in /sys/module/virtio_net /sys/module/isofs /sys/class/net/eth0; "
-        "do [ -d $d ] && echo $d; done; "
+        "do [ -d $d ] && echo $d; done; ip -4 -o addr show eth0 | grep -o 'inet [0-9./]*'; "
         "modprobe -a virtio_net isofs && echo modprobe-ok"
     )
     assert out.splitlines() == [
         "/sys/module/virtio_net",
         "/sys/module/isofs",
         "/sys/class/net/eth0",
+        "inet 10.0.2.15/24",
         "modprobe-ok",
     ]
     assert "corral-rcS: warning" not in vm.log()

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,14 @@ class User:
         for name in self.vms():
             self.run("destroy", name)
             self.run("delete", name)
+
+
+def wait_for_console(log: Path, text: str, timeout: float = 60.0) -> None:
+    """Wait (polling the serial log, with a deadline) until the guest prints ``text``."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} not on the console within {timeout} s"
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -172,6 +181,8 @@ def test_user_data_runs_and_bad_user_data_is_refused(user: User) -> None:
     good = user.root / "good.yaml"
     good.write_text("#cloud-config\nruncmd:\n  - echo hello-from-runcmd > /root/greeting\n")
     user.ok("launch", "ud", "-i", "reference", "-t", "t1.nano", "-k", "k", "--user-data", str(good))
+    # runcmd runs after the guest is ready, as cloud-init's final stage does; it says when done.
+    wait_for_console(user.state / "vms" / "ud" / "serial.log", "runcmd finished, exit status 0")
     assert user.ok("ssh", "ud", "--", "cat", "/root/greeting").strip() == "hello-from-runcmd"
 
     bad = user.root / "bad.yaml"
@@ -206,7 +217,9 @@ def test_refusals_leave_nothing(user: User) -> None:
                                              "-k", "k")  # fmt: skip
     assert "not enough disk" in user.fails("launch", "a", "-i", "reference", "-t", "x1.disk",
                                            "-k", "k")  # fmt: skip
-    assert "not enough memory" in user.fails("launch", "a", *base, "-n", "64")
+    assert "not enough memory" in user.fails(
+        "launch", "a", "-i", "reference", "-t", "t1.small", "-k", "k", "-n", "30"
+    )
     assert user.vms() == []
     assert user.vm_dirs() == []
     # A name collision refuses the whole launch.

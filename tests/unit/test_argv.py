@@ -292,7 +292,7 @@ def test_bootindex_on_first_disk_for_firmware_boot_only() -> None:
 @pytest.mark.parametrize(
     ("accel", "cpu", "expected"),
     [
-        ("tcg", None, "qemu64"),
+        ("tcg", None, "qemu64,rdrand=on"),
         ("kvm", None, "host"),
         ("kvm", "Haswell", "Haswell"),
         ("tcg", "max", "max"),

@@ -190,12 +190,18 @@ def plan(ctx: Corral, req: LaunchRequest) -> _Plan:
     """
     from sqlalchemy import select
 
+    from corral.cloudinit.render import SeedRequest, check_request
     from corral.compute.images import get_image
     from corral.compute.keys import get_key
     from corral.compute.types import get_type
     from corral.store.models import VmRow
 
     names = instance_names(req.name, req.count)
+    for name in names:  # a VM name may end in '-'; a host name may not
+        try:
+            check_request(SeedRequest(instance_id="i-0000000000000000", hostname=name))
+        except InvalidInput as exc:
+            raise InvalidInput("name", exc.reason) from None
     image = get_image(ctx, req.image)
     itype = get_type(ctx.home, req.instance_type)
     key = get_key(ctx, req.keypair)

@@ -167,6 +167,9 @@ def _force_off(vm: Vm, proc: process.QemuProcess) -> None:
 
 
 def _finish_off(ctx: Corral, vm: Vm, reason: str) -> None:
+    # QEMU's supervisor writes the exit record a moment after QEMU is gone: let it finish,
+    # or it writes into the VM's directory after the clean-up (or while it is deleted).
+    process.await_exit(vm.paths)
     process.clear_runtime(vm.paths)
     _set(ctx, vm.name, VmState.SHUTOFF, reason)
 

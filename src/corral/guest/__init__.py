@@ -6,6 +6,8 @@
 
 from corral.guest.build import (
     HEARTBEAT_PREFIX,
+    HOST_KEYS_BEGIN,
+    HOST_KEYS_END,
     INITRAMFS_ERROR_PREFIX,
     KERNEL_CMDLINE,
     POWEROFF_MARKER,
@@ -21,6 +23,8 @@ from corral.guest.debian import PackagePin
 
 __all__ = [
     "HEARTBEAT_PREFIX",
+    "HOST_KEYS_BEGIN",
+    "HOST_KEYS_END",
     "INITRAMFS_ERROR_PREFIX",
     "KERNEL_CMDLINE",
     "POWEROFF_MARKER",

@@ -1,10 +1,15 @@
 """Builds the reference guest: a tiny Linux made only of Debian packages, cached by content hash.
 
-The guest is assembled from two Debian packages that are downloaded (``apt-get download``) and
-unpacked (``dpkg-deb -x``), never installed: the kernel that ``linux-image-amd64`` depends on and
-``busybox-static``. Nothing is mounted, nothing needs root, and the only network use is apt's
-own download from the configured Debian archive. The one program from the packages that runs on
-the host is the static busybox, as ``busybox --list-full``, to list the applet links to create.
+The guest is assembled from Debian packages that are downloaded (``apt-get download``) and
+unpacked (``dpkg-deb -x``), never installed: the kernel that ``linux-image-amd64`` depends on,
+``busybox-static``, and the SSH server ``dropbear-bin`` with the packages of the shared
+libraries it loads (:data:`~corral.guest.debian.SSH_PACKAGES`). Of those, only
+:data:`SSH_PROGRAMS` and the libraries their ``DT_NEEDED`` entries name (read by
+:mod:`~corral.guest.elf`, followed by :mod:`~corral.guest.programs`, which fails the build if
+one is missing) are copied, with the dynamic loader. Nothing is mounted, nothing needs root,
+and the only network use is apt's own download from the configured Debian archive. The one
+program from the packages that runs on the host is the static busybox, as
+``busybox --list-full``, to list the applet links to create.
 
 A build writes ``<cache_dir>/guest/<key>/``:
 
@@ -17,20 +22,41 @@ A build writes ``<cache_dir>/guest/<key>/``:
     most of a TCG boot's time (2.3 s to ready instead of 5.5 s here).
 ``initrd.img``
     An uncompressed newc cpio: busybox, the kernel modules the guest needs to be ready (those
-    that mount a virtio-blk ext4 root, and the ACPI power button: ``recipe/modules``) and an
-    ``/init`` that loads them, mounts ``root=`` (``/dev/vda``) and switches into it.
+    that mount a virtio-blk ext4 root, read an ISO 9660 seed, drive a virtio NIC, and the
+    ACPI power button: ``recipe/modules``) and an ``/init`` that loads them, mounts ``root=``
+    (``/dev/vda``) and switches into it.
 ``root.qcow2``
-    A 512 MiB ext4 root disk with busybox, its init, corral's boot scripts and the kernel
-    modules in ``/lib/modules/<version>`` (with a ``modules.dep``: busybox ``modprobe`` works).
-    On each boot the guest prints :data:`READY_MARKER` on the serial console as soon as the
-    ACPI power button works, then loads the modules readiness does not need (virtio-net, ISO
-    9660: ``recipe/modules-after-ready``, its ``/etc/modules``) in the background and prints
-    :data:`HEARTBEAT_PREFIX` and its uptime every second; the ACPI power button syncs, remounts
-    ``/`` read-only, prints :data:`POWEROFF_MARKER` and powers off. A root shell runs on
-    ``ttyS0``.
+    A 512 MiB ext4 root disk with busybox, its init, corral's boot scripts, dropbear and its
+    libraries, and the kernel modules in ``/lib/modules/<version>`` (with a ``modules.dep``:
+    busybox ``modprobe`` works). It holds no SSH host key. On each boot (``recipe/rcS``):
+
+    - dropbear starts in the background, public-key logins only, root with
+      ``/root/.ssh/authorized_keys``; at the first boot it first makes an ed25519 host key
+      (``dropbearkey``), kept on the disk, so each VM (each overlay) gets its own;
+    - ``recipe/corral-nocloud`` reads the NoCloud seed, the file system labelled ``cidata``
+      (cloud-init's NoCloud data source; ``recipe/nocloud.awk`` parses its YAML and says
+      which subset is supported): ``meta-data`` (``instance-id``, ``local-hostname``,
+      ``public-keys``), a ``#cloud-config`` user-data (``hostname``,
+      ``ssh_authorized_keys``, ``runcmd``, ``write_files``) or a ``#!`` script, and a
+      version 2 ``network-config`` (ethernets matched by MAC or name, ``set-name``,
+      ``dhcp4`` through busybox ``udhcpc``, static IPv4 addresses). Keys, ``write_files``,
+      ``runcmd`` and the script act once per instance-id (``/var/lib/cloud/instance-id``);
+      without a seed the host name comes from ``/etc/hostname`` and eth0, if any, asks DHCP;
+    - once dropbear listens on port 22 (its socket in ``/proc/net/tcp``), the host key is
+      printed between :data:`HOST_KEYS_BEGIN` and :data:`HOST_KEYS_END` as cloud-init does,
+      then :data:`READY_MARKER`; the ACPI power button works by then too. After it come
+      ``runcmd`` and the user-data script (``corral-nocloud: runcmd finished, exit status
+      N``), the modules of ``recipe/modules-after-ready`` (none at the moment), and
+      :data:`HEARTBEAT_PREFIX` with the uptime every second. The ACPI power button syncs,
+      remounts ``/`` read-only, prints :data:`POWEROFF_MARKER` and powers off. A root
+      shell runs on ``ttyS0``.
+
+    The host key and dropbear wait for the kernel's random number generator: a CPU with
+    RDRAND (``-cpu qemu64,+rdrand`` under TCG) has it ready at once; without it, it takes
+    about a second from the initramfs on.
 ``manifest.json``
-    What was built from what: key, kernel version, command line, package pins, artefact hashes.
-    Written last: a directory without it is not a guest.
+    What was built from what: key, kernel version, command line, package pins, the SSH
+    server's files, artefact hashes. Written last: a directory without it is not a guest.
 
 Every kernel module is shipped as :func:`~corral.guest.initramfs.prepare_module` makes it:
 without its signature, its ftrace call sites hidden; both only spare the guest's kernel work
@@ -38,14 +64,16 @@ when it loads the module. Boot time under TCG is the guest's main cost, so
 :data:`KERNEL_CMDLINE`, the initramfs and the boot scripts are cut to what readiness needs.
 
 The key hashes the recipe (the files in ``recipe/``), the source of every builder module (this
-one and the modules of its steps: :mod:`~corral.guest.debian`, :mod:`~corral.guest.kernel`,
-:mod:`~corral.guest.initramfs`, :mod:`~corral.guest.rootfs` and :mod:`~corral.guest.tools`), so
-that a change in any of them rebuilds, and the pinned package versions. The versions are
-resolved once and pinned in ``<cache_dir>/guest/packages.json`` with the downloaded ``.deb``
-files kept in ``<cache_dir>/guest/debs/``: later builds, including rebuilds after a recipe
-change, work offline and give the same kernel; ``force=True`` resolves the versions again
-(picking up a new kernel from the archive) and rebuilds. The artefacts are reproducible: the
-same key gives byte-identical files.
+one and the modules of its steps: :mod:`~corral.guest.debian`, :mod:`~corral.guest.elf`,
+:mod:`~corral.guest.kernel`, :mod:`~corral.guest.initramfs`, :mod:`~corral.guest.programs`,
+:mod:`~corral.guest.rootfs` and :mod:`~corral.guest.tools`), so that a change in any of them
+rebuilds, and the pinned package versions. The versions are resolved once and pinned in
+``<cache_dir>/guest/packages.json`` with the downloaded ``.deb`` files kept in
+``<cache_dir>/guest/debs/``: later builds, including rebuilds after a recipe change, work
+offline and give the same kernel (a package the recipe adds is resolved and pinned then,
+the others stay as pinned); ``force=True`` resolves the versions again (picking up a new
+kernel from the archive) and rebuilds. The artefacts are reproducible: the same key gives
+byte-identical files.
 """
 
 from __future__ import annotations
@@ -64,7 +92,9 @@ from pathlib import Path
 from corral.errors import GuestBuildError
 from corral.guest.debian import (
     BUSYBOX_PACKAGE,
+    SSH_PACKAGES,
     PackagePin,
+    is_kernel_package,
     kernel_version,
     obtain_packages,
     prune_debs,
@@ -81,7 +111,8 @@ from corral.guest.initramfs import (
     write_initramfs,
 )
 from corral.guest.kernel import extract_vmlinux, pvh_entry
-from corral.guest.rootfs import make_rootfs, write_qcow2
+from corral.guest.programs import program_files
+from corral.guest.rootfs import RootFile, make_rootfs, write_qcow2
 from corral.guest.tools import (
     PHASES,
     ProgressFn,
@@ -119,13 +150,19 @@ KERNEL_CMDLINE = (
     "console=ttyS0 root=/dev/vda rw quiet panic=-1 cryptomgr.notests rodata=off "
     "acpi=noirq noapictimer noreplace-smp initcall_blacklist=tracer_init_tracefs"
 )
-#: Printed alone on a line on the serial console when a boot is complete. Like every marker
-#: line it is written with a newline before it, so it never shares a line with an unfinished
-#: shell prompt (an empty line may precede it).
+#: Printed alone on a line on the serial console when a boot is complete: the SSH server
+#: listens on port 22, the seed was read, the ACPI power button works. Like every marker line
+#: it is written with a newline before it, so it never shares a line with an unfinished shell
+#: prompt (an empty line may precede it).
 READY_MARKER = "corral-ready"
 #: Every second: ``corral-heartbeat <guest uptime in seconds>`` alone on a line of the
 #: console (written with a newline before it too, so blank lines separate heartbeats).
 HEARTBEAT_PREFIX = "corral-heartbeat"
+#: The lines that frame the guest's SSH host key on the console, before :data:`READY_MARKER`
+#: (as cloud-init prints them): each alone on its line, between them one
+#: ``ssh-ed25519 <base64> root@<hostname>`` line per key.
+HOST_KEYS_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
+HOST_KEYS_END = "-----END SSH HOST KEY KEYS-----"
 #: Printed when the guest powers off through the ACPI power button (or ``poweroff`` typed in
 #: its shell), after the root file system was synced and remounted read-only.
 POWEROFF_MARKER = "corral-poweroff"
@@ -143,7 +180,18 @@ _FORMAT = 1
 _KEY_LENGTH = 16
 _GUEST_FILES = ("bzImage", "vmlinux", "initrd.img", "root.qcow2")
 #: The builder's modules, whose source the key hashes: a change in any of them rebuilds.
-_BUILDER_MODULES = ("build", "debian", "initramfs", "kernel", "rootfs", "tools")
+_BUILDER_MODULES = (
+    "build",
+    "debian",
+    "elf",
+    "initramfs",
+    "kernel",
+    "programs",
+    "rootfs",
+    "tools",
+)
+#: The programs of the SSH server, relative to ``/``; with the libraries they load.
+SSH_PROGRAMS = ("usr/sbin/dropbear", "usr/bin/dropbearkey")
 
 
 @dataclass(frozen=True)
@@ -374,7 +422,7 @@ def _build_into(
     report: ProgressFn,
 ) -> None:
     """Build every artefact of the guest into ``out`` (``manifest.json`` last)."""
-    kernel_pin = next(p for p in pins if p.name != BUSYBOX_PACKAGE)
+    kernel_pin = next(p for p in pins if is_kernel_package(p.name))
 
     report("kernel", PHASES["kernel"])
     kernel_tree = work / "kernel-deb"
@@ -403,15 +451,20 @@ def _build_into(
     write_initramfs(out / "initrd.img", busybox, order)
     in_initramfs = {name for name, _ in order}
     later = [name for name, _ in resolve_modules(after_ready, tree) if name not in in_initramfs]
-    root_modules = {
-        f"lib/modules/{version}/{path}": content
+    root_files = [
+        RootFile(f"lib/modules/{version}/{path}", content)
         for path, content in module_directory([*at_boot, *after_ready], tree).items()
-    }
+    ]
     shutil.rmtree(kernel_tree)
 
     report("rootfs", PHASES["rootfs"])
+    ssh_tree = work / "ssh-debs"
+    for name in SSH_PACKAGES:
+        unpack(debs[name], ssh_tree)
+    ssh_files = program_files(ssh_tree, SSH_PROGRAMS)
+    shutil.rmtree(ssh_tree)
     raw = work / "root.raw"
-    make_rootfs(raw, key, busybox, work / "rootfs", root_modules)
+    make_rootfs(raw, key, busybox, work / "rootfs", [*root_files, *ssh_files])
 
     report("qcow2", PHASES["qcow2"])
     write_qcow2(raw, out / "root.qcow2")
@@ -425,6 +478,7 @@ def _build_into(
         "ready_marker": READY_MARKER,
         "modules": [name for name, _ in order],
         "modules_after_ready": later,
+        "ssh_files": [f"/{f.path}" for f in ssh_files],
         "packages": [{"name": p.name, "version": p.version, "sha256": p.sha256} for p in pins],
         "files": {name: sha256_file(out / name) for name in _GUEST_FILES},
     }

@@ -1,9 +1,10 @@
 """The Debian packages the reference guest is made of: resolved, pinned, downloaded, unpacked.
 
-Two packages, downloaded with ``apt-get download`` and unpacked with ``dpkg-deb -x``, never
-installed: the kernel image package that :data:`KERNEL_META_PACKAGE` depends on, and
-:data:`BUSYBOX_PACKAGE`. :func:`obtain_packages` resolves their versions once; the versions
-are pinned (:class:`PackagePin`) in ``<cache_dir>/guest/packages.json`` (:func:`read_pins`,
+Downloaded with ``apt-get download`` and unpacked with ``dpkg-deb -x``, never installed: the
+kernel image package that :data:`KERNEL_META_PACKAGE` depends on, :data:`BUSYBOX_PACKAGE`,
+and the SSH server with its libraries' packages (:data:`SSH_PACKAGES`).
+:func:`obtain_packages` resolves their versions once; the versions are pinned
+(:class:`PackagePin`) in ``<cache_dir>/guest/packages.json`` (:func:`read_pins`,
 :func:`write_pins`) and the ``.deb`` files kept in ``<cache_dir>/guest/debs/``, so that later
 builds work offline and give the same kernel.
 """
@@ -25,6 +26,21 @@ from corral.guest.tools import PHASES, ProgressFn, run, sha256_file, write_atomi
 KERNEL_META_PACKAGE = "linux-image-amd64"
 #: The Debian package that provides the static busybox.
 BUSYBOX_PACKAGE = "busybox-static"
+#: The SSH server (``dropbear-bin``: ``dropbear`` and ``dropbearkey``) and the packages of
+#: the shared libraries its programs load. The build checks this list against the programs'
+#: ``DT_NEEDED`` entries and copies only the libraries they name.
+SSH_PACKAGES = (
+    "dropbear-bin",
+    "libc6",
+    "libcrypt1",
+    "libtomcrypt1",
+    "libtommath1",
+    "libgmp10",
+    "zlib1g",
+)
+#: The packages pinned by name; the kernel image package is pinned too, resolved through
+#: :data:`KERNEL_META_PACKAGE`.
+NAMED_PACKAGES = (BUSYBOX_PACKAGE, *SSH_PACKAGES)
 
 #: Layout version of ``packages.json``.
 _FORMAT = 1
@@ -94,23 +110,36 @@ def obtain_packages(
 ) -> tuple[list[PackagePin], dict[str, Path]]:
     """The pinned packages and their ``.deb`` files (in ``<guest_root>/debs``).
 
-    With pins whose files are present, nothing is downloaded. With pins whose files are
-    missing, those exact versions are downloaded. Without pins, the versions are resolved
-    (the current kernel of ``linux-image-amd64`` and ``busybox-static``) and downloaded.
+    The guest is made of the kernel image package and the :data:`NAMED_PACKAGES`. A pinned
+    package whose file is present is used as it is; one whose file is missing is downloaded
+    at its pinned version. A package without a pin (all of them without ``pins``, or one
+    that a recipe change added) is resolved to the archive's current version and
+    downloaded: the kernel through :data:`KERNEL_META_PACKAGE`, the others by name. Pins of
+    packages the guest is no longer made of are dropped.
+
+    :param guest_root: ``<cache_dir>/guest``.
+    :param pins: the recorded pins, or ``None`` to resolve every package anew.
+    :param work: a scratch directory for downloads.
+    :param report: progress callback.
+    :return: the pins (kernel first, then :data:`NAMED_PACKAGES` in order) and each
+        package's file by package name.
+    :raise GuestBuildError: apt failed, or a pinned package could not be fetched unchanged.
     """
     report("download", PHASES["download"])
     debs_dir = guest_root / "debs"
     debs_dir.mkdir(exist_ok=True)
-    if pins is not None:
-        present = {
-            pin.name: debs_dir / pin.filename
-            for pin in pins
-            if (debs_dir / pin.filename).is_file()
-            and sha256_file(debs_dir / pin.filename) == pin.sha256
-        }
-        if len(present) == len(pins):
-            return list(pins), present
-        missing = [pin for pin in pins if pin.name not in present]
+    kernel_pin = next((p for p in pins or () if is_kernel_package(p.name)), None)
+    named = {p.name: p for p in pins or () if p.name in NAMED_PACKAGES}
+
+    kept = [p for p in (kernel_pin, *named.values()) if p is not None]
+    present = {
+        pin.name: debs_dir / pin.filename
+        for pin in kept
+        if (debs_dir / pin.filename).is_file()
+        and sha256_file(debs_dir / pin.filename) == pin.sha256
+    }
+    missing = [pin for pin in kept if pin.name not in present]
+    if missing:
         fetched = _apt_download(work, [f"{p.name}={p.version}" for p in missing])
         for pin in missing:
             deb = fetched.get(pin.name)
@@ -120,24 +149,39 @@ def obtain_packages(
                     "unchanged; rebuild with force to resolve the package versions anew"
                 )
             present[pin.name] = _keep_deb(deb, debs_dir)
-        return list(pins), present
 
-    meta = _apt_download(work, [KERNEL_META_PACKAGE])[KERNEL_META_PACKAGE]
-    kernel_package = _kernel_dependency(meta)
-    report("download", PHASES["download"] + 0.02)
-    fetched = _apt_download(work, [kernel_package, BUSYBOX_PACKAGE])
-    new_pins: list[PackagePin] = []
-    kept: dict[str, Path] = {}
-    for name in (kernel_package.split("=")[0], BUSYBOX_PACKAGE):
-        deb = fetched[name]
-        fields = _deb_fields(deb, "Version")
-        new_pins.append(
-            PackagePin(
-                name=name, version=fields["Version"], filename=deb.name, sha256=sha256_file(deb)
+    unpinned = [name for name in NAMED_PACKAGES if name not in named]
+    specs = list(unpinned)
+    if kernel_pin is None:
+        meta = _apt_download(work, [KERNEL_META_PACKAGE])[KERNEL_META_PACKAGE]
+        specs.insert(0, _kernel_dependency(meta))
+        report("download", PHASES["download"] + 0.02)
+    resolved: dict[str, PackagePin] = {}
+    if specs:
+        fetched = _apt_download(work, specs)
+        for spec in specs:
+            name = spec.split("=")[0]
+            deb = fetched[name]
+            resolved[name] = PackagePin(
+                name=name,
+                version=_deb_fields(deb, "Version")["Version"],
+                filename=deb.name,
+                sha256=sha256_file(deb),
             )
-        )
-        kept[name] = _keep_deb(deb, debs_dir)
-    return new_pins, kept
+            present[name] = _keep_deb(deb, debs_dir)
+    if kernel_pin is None:
+        kernel_pin = next(p for p in resolved.values() if is_kernel_package(p.name))
+    named.update((n, p) for n, p in resolved.items() if not is_kernel_package(n))
+    ordered = [kernel_pin, *(named[name] for name in NAMED_PACKAGES)]
+    return ordered, {pin.name: present[pin.name] for pin in ordered}
+
+
+def is_kernel_package(name: str) -> bool:
+    """Whether a package name is a kernel image package (``linux-image-6.1.0-41-amd64``).
+
+    :param name: a Debian package name.
+    """
+    return name.startswith("linux-image-") and name != KERNEL_META_PACKAGE
 
 
 def _keep_deb(deb: Path, debs_dir: Path) -> Path:

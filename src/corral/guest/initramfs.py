@@ -15,12 +15,13 @@ from __future__ import annotations
 import lzma
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from corral.errors import GuestBuildError
+from corral.guest.elf import elf_sections
 from corral.guest.tools import EPOCH, recipe_text
 
 # --------------------------------------------------------------------------------------------
@@ -37,29 +38,6 @@ def module_name(path_or_name: str) -> str:
     return base.replace("-", "_")
 
 
-def _sections(ko: bytes) -> Iterator[tuple[bytes, int, int, int]]:
-    """Each section of a 64-bit little-endian ELF: name, offset, size, and where the name is.
-
-    :raise GuestBuildError: not such an ELF.
-    """
-    if ko[:4] != b"\x7fELF" or ko[4] != 2 or ko[5] != 1:
-        raise GuestBuildError("kernel module is not a 64-bit little-endian ELF")
-    (shoff,) = struct.unpack_from("<Q", ko, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", ko, 0x3A)
-
-    def header(index: int) -> tuple[int, int, int]:
-        name, _type, _flags, _addr, offset, size = struct.unpack_from(
-            "<IIQQQQ", ko, shoff + index * shentsize
-        )
-        return name, offset, size
-
-    _, names_at, _ = header(shstrndx)
-    for index in range(shnum):
-        name, offset, size = header(index)
-        start = names_at + name
-        yield ko[start : ko.index(b"\x00", start)], offset, size, start
-
-
 def modinfo(ko: bytes) -> dict[str, list[str]]:
     """The ``.modinfo`` section of a kernel module: each key with its values.
 
@@ -67,7 +45,7 @@ def modinfo(ko: bytes) -> dict[str, list[str]]:
     :return: e.g. ``{"name": ["ext4"], "depends": ["mbcache,jbd2,crc16"], ...}``.
     :raise GuestBuildError: not a 64-bit ELF, or no ``.modinfo`` section.
     """
-    for name, offset, size, _ in _sections(ko):
+    for name, offset, size, _ in elf_sections(ko):
         if name == b".modinfo":
             info: dict[str, list[str]] = {}
             for entry in ko[offset : offset + size].split(b"\x00"):
@@ -182,7 +160,7 @@ def hide_ftrace_call_sites(ko: bytes) -> bytes:
     :param ko: the module's content (uncompressed ELF).
     :raise GuestBuildError: not a 64-bit ELF.
     """
-    for name, _offset, _size, name_at in _sections(ko):
+    for name, _offset, _size, name_at in elf_sections(ko):
         if name == MCOUNT_SECTION:
             return ko[:name_at] + HIDDEN_MCOUNT_SECTION + ko[name_at + len(MCOUNT_SECTION) :]
     return ko

@@ -2,8 +2,8 @@
 
 Pure byte parsing, no files and no processes: :func:`extract_vmlinux` finds the compressed
 payload through the bzImage's setup header and decompresses it in-process; :func:`pvh_entry`
-reads the PVH entry point from the ELF notes (:func:`elf_notes`) that QEMU needs to boot the
-vmlinux directly.
+reads the PVH entry point from the ELF notes (:func:`~corral.guest.elf.elf_notes`) that QEMU
+needs to boot the vmlinux directly.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import bz2
 import lzma
 import struct
 import zlib
-from collections.abc import Iterator
 
 from corral.errors import GuestBuildError
+from corral.guest.elf import elf_notes
 
 _BZ_SETUP_SECTS = 0x1F1
 _BZ_MAGIC = 0x202
@@ -24,7 +24,6 @@ _BZ_PAYLOAD_OFFSET = 0x248
 #: Boot protocol 2.08 added payload_offset/payload_length.
 _BZ_MIN_VERSION = 0x0208
 
-_PT_NOTE = 4
 _XEN_ELFNOTE_PHYS32_ENTRY = 18
 
 
@@ -71,37 +70,6 @@ def _decompress(payload: bytes) -> bytes:
     raise GuestBuildError(
         f"the bzImage's payload uses an unsupported compression (magic {payload[:6].hex()})"
     )
-
-
-def elf_notes(elf: bytes) -> Iterator[tuple[bytes, int, bytes]]:
-    """The notes of a 64-bit little-endian ELF image's PT_NOTE segments.
-
-    :param elf: the ELF file's content.
-    :return: (name without the NUL, type, descriptor) for each note.
-    :raise GuestBuildError: not a 64-bit little-endian ELF.
-    """
-    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
-        raise GuestBuildError("not a 64-bit little-endian ELF image")
-    (phoff,) = struct.unpack_from("<Q", elf, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
-    for index in range(phnum):
-        p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from(
-            "<IIQQQQ", elf, phoff + index * phentsize
-        )
-        if p_type != _PT_NOTE:
-            continue
-        pos, end = p_offset, p_offset + p_filesz
-        while pos + 12 <= end:
-            namesz, descsz, note_type = struct.unpack_from("<III", elf, pos)
-            name_at = pos + 12
-            desc_at = name_at + _align4(namesz)
-            name = elf[name_at : name_at + namesz].rstrip(b"\x00")
-            yield name, note_type, elf[desc_at : desc_at + descsz]
-            pos = desc_at + _align4(descsz)
-
-
-def _align4(value: int) -> int:
-    return (value + 3) & ~3
 
 
 def pvh_entry(elf: bytes) -> int | None:

@@ -1,8 +1,9 @@
 """The reference guest's root disk: staged in a directory, written by ``mkfs.ext4 -d``, never
 mounted, then converted to qcow2.
 
-:func:`make_rootfs` stages busybox, its applet links, the recipe's files and the kernel
-modules (the directory :func:`~corral.guest.initramfs.module_directory` lays out), has
+:func:`make_rootfs` stages busybox, its applet links, the recipe's files and more files
+(:class:`RootFile`: the kernel modules that :func:`~corral.guest.initramfs.module_directory`
+lays out, the SSH server that :func:`~corral.guest.programs.program_files` collects), has
 ``mkfs.ext4 -d`` copy them into an ext4 image and ``debugfs`` make every file root's with a
 fixed time (so the image is reproducible and the build needs no root); :func:`write_qcow2`
 converts the raw image.
@@ -14,7 +15,8 @@ import hashlib
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import GuestBuildError
@@ -24,12 +26,29 @@ from corral.guest.tools import EPOCH, recipe_text, run
 ROOT_DISK_BYTES = 512 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class RootFile:
+    """A file or a symbolic link to put in the root file system."""
+
+    #: Path relative to ``/`` (``usr/sbin/dropbear``); missing directories are created (0755).
+    path: str
+    #: The file's content.
+    content: bytes = b""
+    #: The file's permission bits.
+    mode: int = 0o644
+    #: The target of a symbolic link; ``None`` for a regular file.
+    link: str | None = None
+
+
 #: Recipe file -> (path in the root file system, mode).
 _ROOT_FILES: Mapping[str, tuple[str, int]] = {
     "inittab": ("etc/inittab", 0o644),
     "rcS": ("etc/init.d/rcS", 0o755),
     "corral-heartbeat": ("sbin/corral-heartbeat", 0o755),
     "corral-shutdown": ("sbin/corral-shutdown", 0o755),
+    "corral-nocloud": ("sbin/corral-nocloud", 0o755),
+    "nocloud.awk": ("usr/lib/corral/nocloud.awk", 0o644),
+    "udhcpc.script": ("etc/udhcpc/default.script", 0o755),
     "acpi-power-button": ("etc/acpi/PWRF/00000080", 0o755),
     "acpid.conf": ("etc/acpid.conf", 0o644),
     "modules-after-ready": ("etc/modules", 0o644),
@@ -47,18 +66,26 @@ _ROOT_DIRS: Mapping[str, int] = {
     "usr": 0o755,
     "usr/bin": 0o755,
     "usr/sbin": 0o755,
+    "usr/lib": 0o755,
+    "usr/lib/corral": 0o755,
     "etc": 0o755,
     "etc/init.d": 0o755,
     "etc/acpi": 0o755,
     "etc/acpi/PWRF": 0o755,
+    "etc/dropbear": 0o755,
+    "etc/udhcpc": 0o755,
     "dev": 0o755,
     "proc": 0o555,
     "sys": 0o555,
     "run": 0o755,
     "tmp": 0o1777,
     "root": 0o700,
+    "root/.ssh": 0o700,
     "var": 0o755,
     "var/log": 0o755,
+    "var/lib": 0o755,
+    "var/lib/cloud": 0o755,
+    "var/lib/cloud/scripts": 0o755,
     "mnt": 0o755,
     "lib": 0o755,
     "lib/modules": 0o755,
@@ -85,7 +112,7 @@ def make_rootfs(
     key: str,
     busybox: Path,
     staging: Path,
-    files: Mapping[str, bytes] | None = None,
+    files: Iterable[RootFile] = (),
 ) -> None:
     """Stage the root file system and write it as an ext4 image into the sparse file ``raw``.
 
@@ -94,8 +121,8 @@ def make_rootfs(
     :param busybox: the static busybox to install.
     :param staging: a directory to create and stage the files in; ``debugfs.cmds`` is
         written next to ``raw``.
-    :param files: more files (mode 0644) by path relative to ``/``, such as the kernel
-        modules below ``lib/modules/<version>``; missing directories are created (0755).
+    :param files: more files and symbolic links, such as the kernel modules below
+        ``lib/modules/<version>`` or the SSH server and its libraries.
     :raise GuestBuildError: a tool failed, or busybox lists unexpected applets.
     """
     staging.mkdir()
@@ -112,13 +139,8 @@ def make_rootfs(
         target = staging / dest
         target.write_bytes(recipe_text(recipe_name))
         target.chmod(mode)
-    for relative, content in (files or {}).items():
-        target = staging / relative
-        for parent in reversed(target.relative_to(staging).parents[:-1]):
-            (staging / parent).mkdir(mode=0o755, exist_ok=True)
-            (staging / parent).chmod(0o755)
-        target.write_bytes(content)
-        target.chmod(0o644)
+    for file in files:
+        _stage_file(staging, file)
     for directory, mode in _ROOT_DIRS.items():
         (staging / directory).chmod(mode)
 
@@ -154,6 +176,22 @@ def make_rootfs(
     ]
     if errors:
         raise GuestBuildError(f"debugfs could not fix up the root file system: {errors[0]}")
+
+
+def _stage_file(staging: Path, file: RootFile) -> None:
+    """Write ``file`` below ``staging``, creating missing directories (0755)."""
+    target = staging / file.path
+    for parent in reversed(target.relative_to(staging).parents[:-1]):
+        if not (staging / parent).is_dir():
+            (staging / parent).mkdir(mode=0o755)
+            (staging / parent).chmod(0o755)
+    if target.is_symlink() or target.exists():
+        target.unlink()  # a busybox applet link that the file replaces
+    if file.link is not None:
+        target.symlink_to(file.link)
+    else:
+        target.write_bytes(file.content)
+        target.chmod(file.mode)
 
 
 def write_qcow2(raw: Path, qcow2: Path) -> None:

@@ -40,8 +40,15 @@ def log(message: str) -> None:
 
 class Runner:
     def __init__(self, root: Path) -> None:
+        # Bytecode caches written and reused, as an installed corral has them (this
+        # development environment sets PYTHONDONTWRITEBYTECODE, compiling corral every run).
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         self.env = dict(
-            os.environ, CORRAL_HOME=str(root / "state"), HOME=str(root / "home"), COLUMNS="200"
+            env,
+            CORRAL_HOME=str(root / "state"),
+            HOME=str(root / "home"),
+            COLUMNS="200",
+            PYTHONPYCACHEPREFIX=str(root / "pycache"),
         )
         (root / "home").mkdir()
 

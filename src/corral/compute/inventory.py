@@ -186,14 +186,16 @@ def list_vms(ctx: Corral, include_inactive: bool = False) -> list[VmView]:
     return out
 
 
-def info(ctx: Corral, name: str) -> VmView:
-    """One VM, reconciled with the host (its QMP run state included).
+def info(ctx: Corral, name: str, ask_monitor: bool = True) -> VmView:
+    """One VM, reconciled with the host.
 
+    :param ask_monitor: also ask QEMU over QMP whether it is paused (else only whether its
+        process is alive).
     :raise NotFound: there is no such VM.
     """
     with ctx.db.session() as session:
         vm = records.load(ctx, session, name)
-        _reconciled(ctx, vm, ask_monitor=True)
+        _reconciled(ctx, vm, ask_monitor=ask_monitor)
         return view(vm)
 
 

@@ -81,7 +81,7 @@ def target(
     """
     from corral.compute.inventory import info
 
-    view = info(ctx, name)
+    view = info(ctx, name, ask_monitor=False)
     if view.state not in ("running", "paused"):
         raise StateError(name, "ssh to", view.state, ("running",))
     with ctx.db.session() as session:

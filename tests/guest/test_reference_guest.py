@@ -142,7 +142,13 @@ def test_artefacts(reference_guest: ReferenceGuest, tmp_path: Path) -> None:
     }
     ssh_files = set(manifest["ssh_files"])
     versioned = {f for f in ssh_files if re.search(r"\.so\.\d+\.\d+", f)}
-    assert ssh_files - versioned == {"/usr/sbin/dropbear", "/usr/bin/dropbearkey"} | sonames
+    programs = {
+        "/usr/sbin/dropbear",
+        "/usr/bin/dropbearkey",
+        "/usr/lib/sftp-server",  # a link, as in the package, to OpenSSH's SFTP server
+        "/usr/lib/openssh/sftp-server",
+    }
+    assert ssh_files - versioned == programs | sonames
     assert all(any(f.startswith(s + ".") for s in sonames) for f in versioned), versioned
     dropbear = debugfs("cat /usr/sbin/dropbear")
     assert set(dynamic_linking(dropbear).needed) == {
@@ -154,6 +160,8 @@ def test_artefacts(reference_guest: ReferenceGuest, tmp_path: Path) -> None:
     }
     assert inode("/usr/sbin/dropbear") == inode("/usr/bin/dropbearkey") == ("regular", 0o755)
     assert inode("/lib64/ld-linux-x86-64.so.2")[0] == "symlink"
+    assert inode("/usr/lib/sftp-server")[0] == "symlink"
+    assert inode("/usr/lib/openssh/sftp-server") == ("regular", 0o755)
     assert "dbclient" not in listing("/usr/bin")
     assert listing("/etc/dropbear") == [".", ".."]  # no host key: each VM makes its own
     assert inode("/root/.ssh") == ("directory", 0o700)

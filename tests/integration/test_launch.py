@@ -129,6 +129,15 @@ def test_acceptance(user: User) -> None:
     assert direct.returncode == 0, direct.stderr
     assert direct.stdout.strip() == view["instance_id"]
 
+    # Files both ways with scp (the guest's SSH server runs OpenSSH's SFTP server).
+    local = user.root / "note.txt"
+    local.write_text("from the host\n")
+    user.ok("scp", str(local), "web:/tmp/note.txt")
+    assert user.ok("ssh", "web", "--", "cat", "/tmp/note.txt") == "from the host\n"
+    back = user.root / "hostname.txt"
+    user.ok("scp", "web:/etc/hostname", str(back))
+    assert back.read_text().strip() == "web"
+
     # The type's disk size, grown from the image's.
     assert json.loads(user.ok("info", "web", "--json"))["disks"][0]["provisioned"] == 4 << 30
 

@@ -191,7 +191,7 @@ _BUILDER_MODULES = (
     "tools",
 )
 #: The programs of the SSH server, relative to ``/``; with the libraries they load.
-SSH_PROGRAMS = ("usr/sbin/dropbear", "usr/bin/dropbearkey")
+SSH_PROGRAMS = ("usr/sbin/dropbear", "usr/bin/dropbearkey", "usr/lib/sftp-server")
 
 
 @dataclass(frozen=True)

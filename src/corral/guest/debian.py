@@ -26,11 +26,13 @@ from corral.guest.tools import PHASES, ProgressFn, run, sha256_file, write_atomi
 KERNEL_META_PACKAGE = "linux-image-amd64"
 #: The Debian package that provides the static busybox.
 BUSYBOX_PACKAGE = "busybox-static"
-#: The SSH server (``dropbear-bin``: ``dropbear`` and ``dropbearkey``) and the packages of
-#: the shared libraries its programs load. The build checks this list against the programs'
-#: ``DT_NEEDED`` entries and copies only the libraries they name.
+#: The SSH server (``dropbear-bin``: ``dropbear`` and ``dropbearkey``), OpenSSH's SFTP
+#: server (which dropbear runs for the ``sftp`` subsystem: ``scp`` and ``sftp`` clients) and
+#: the packages of the shared libraries their programs load. The build checks this list
+#: against the programs' ``DT_NEEDED`` entries and copies only the libraries they name.
 SSH_PACKAGES = (
     "dropbear-bin",
+    "openssh-sftp-server",
     "libc6",
     "libcrypt1",
     "libtomcrypt1",

@@ -113,7 +113,7 @@ def _summary(instances: list[Instance]) -> None:
     for i in instances:
         total = f"{i.seconds:.2f} s"
         render.out.print(
-            f"{i.name}: {i.status} in {total}, {i.instance_id}, "
+            f"{i.name}: {i.status} after {total}, {i.instance_id}, "
             f"ssh on {i.host} port {i.port} as {i.user}",
             markup=False,
         )
@@ -135,9 +135,9 @@ def _display(quiet: bool) -> Iterator[ProgressFn | None]:
             if event.status == "begin":
                 return
             with lock:
-                word = "failed after" if event.status == "fail" else "in"
+                word = " failed after" if event.status == "fail" else ""
                 render.err.print(
-                    f"{event.instance}: {event.phase} {word} {event.seconds or 0:.2f} s",
+                    f"{event.instance}: {event.phase:<5}{word} {event.seconds or 0:.2f} s",
                     markup=False,
                 )
 
@@ -186,9 +186,16 @@ class _LiveTable:
         table.add_column("Instance")
         for phase in PHASES:
             table.add_column(phase.capitalize(), justify="right")
-        for name, row in self.rows.items():
+        for name in sorted(self.rows, key=_natural):
+            row = self.rows[name]
             table.add_row(name, *(row.get(p, "") for p in PHASES))
         return table
+
+
+def _natural(name: str) -> tuple[str, int]:
+    """``web-2`` before ``web-10``."""
+    head, _, tail = name.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (name, 0)
 
 
 def ssh_cmd(

@@ -110,6 +110,28 @@ def build_spec(req: CreateRequest, image: ImageRow | None) -> VmSpec:
     return parse(VmSpec, data)
 
 
+def _check_ports_free(ctx: Corral, spec: VmSpec) -> None:
+    """:raise InvalidInput: a host port ``spec`` forwards is already another VM's."""
+    wanted = {
+        (f.protocol, f.host_port): index
+        for index, nic in enumerate(spec.nics)
+        for f in nic.forwards
+    }
+    if not wanted:
+        return
+    with ctx.db.session() as session:
+        for name, raw in session.execute(select(VmRow.name, VmRow.spec)):
+            other = VmSpec.model_validate_json(raw)
+            for nic in other.nics:
+                for f in nic.forwards:
+                    if (f.protocol, f.host_port) in wanted:
+                        raise InvalidInput(
+                            f"nics.{wanted[(f.protocol, f.host_port)]}.forwards",
+                            f"host port {f.protocol}/{f.host_port} is forwarded by vm "
+                            f"{name!r} already; choose another port",
+                        )
+
+
 def check_name(name: str) -> None:
     """:raise InvalidInput: ``name`` is not a valid VM name."""
     if not re.match(NAME_PATTERN, name):
@@ -152,6 +174,7 @@ def _create_locked(ctx: Corral, req: CreateRequest) -> VmSpec:
                 raise NotFound("image", req.image)
     spec = build_spec(req, image)
     validate_spec(spec, ctx.caps)
+    _check_ports_free(ctx, spec)
     paths = records.vm_paths(ctx, spec)
     root = Path(paths.root)
     # A directory without a record is what an interrupted create leaves; we hold the name.

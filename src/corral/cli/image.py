@@ -24,8 +24,10 @@ Fmt = Annotated[
 
 @image_app.command("import")
 def import_cmd(
-    name: Annotated[str, typer.Argument(help="Name in the catalogue.")],
-    file: Annotated[Path, typer.Argument(help="Image file (raw, qcow2, vmdk, vdi).")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Name in the catalogue.")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="Image file (raw, qcow2, vmdk, vdi).")
+    ],
     fmt: Fmt = None,
     os_hint: Annotated[str, typer.Option("--os", help="OS hint shown in listings.")] = "",
     kernel: Annotated[Path | None, typer.Option(help="Kernel for direct boot.")] = None,
@@ -138,8 +140,8 @@ def delete_cmd(name: str) -> None:
 
 @image_app.command("convert")
 def convert_cmd(
-    source: Annotated[Path, typer.Argument(help="Image file to read.")],
-    dest: Annotated[Path, typer.Argument(help="File to write (must not exist).")],
+    source: Annotated[Path, typer.Argument(metavar="SOURCE", help="Image file to read.")],
+    dest: Annotated[Path, typer.Argument(metavar="DEST", help="File to write (must not exist).")],
     to: Annotated[
         str, typer.Option("--to", "-O", help="Output format: qcow2, raw, vmdk or vdi.")
     ] = "qcow2",

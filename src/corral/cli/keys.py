@@ -17,7 +17,7 @@ key_app = typer.Typer(
 )
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-Name = Annotated[str, typer.Argument(help="The key pair's name.")]
+Name = Annotated[str, typer.Argument(metavar="NAME", help="The key pair's name.")]
 
 
 def _created(iso: str) -> str:
@@ -59,7 +59,9 @@ def create_cmd(
 @key_app.command("import")
 def import_cmd(
     name: Name,
-    file: Annotated[str, typer.Argument(help="Public key file (the .pub one); - for stdin.")],
+    file: Annotated[
+        str, typer.Argument(metavar="FILE", help="Public key file (the .pub one); - for stdin.")
+    ],
     private_key: Annotated[
         Path | None,
         typer.Option(

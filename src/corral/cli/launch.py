@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 
 def launch_cmd(
-    name: Annotated[str, typer.Argument(help="Instance name (NAME-1..N with --count).")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Instance name (NAME-1..N with --count).")
+    ],
     image: Annotated[str, typer.Option("--image", "-i", help="Base image.")],
     instance_type: Annotated[
         str, typer.Option("--type", "-t", help="Instance type (corral type list).")
@@ -199,9 +201,10 @@ def _natural(name: str) -> tuple[str, int]:
 
 
 def ssh_cmd(
-    name: Annotated[str, typer.Argument(help="The VM's name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The VM's name.")],
     command: Annotated[
-        list[str] | None, typer.Argument(help="Command to run (after --); a shell if none.")
+        list[str] | None,
+        typer.Argument(metavar="COMMAND", help="Command to run (after --); a shell if none."),
     ] = None,
     user: Annotated[str | None, typer.Option("--user", "-l", help="Log in as this user.")] = None,
     identity: Annotated[
@@ -231,7 +234,9 @@ def ssh_cmd(
 def scp_cmd(
     paths: Annotated[
         list[str],
-        typer.Argument(help="Sources then destination; NAME:PATH is a path on VM NAME."),
+        typer.Argument(
+            metavar="PATHS", help="Sources then destination; NAME:PATH is a path on VM NAME."
+        ),
     ],
     user: Annotated[str | None, typer.Option("--user", "-l", help="Log in as this user.")] = None,
     identity: Annotated[

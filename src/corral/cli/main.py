@@ -34,7 +34,7 @@ app.command("launch")(launch_cmd)
 app.command("ssh")(ssh_cmd)
 app.command("scp")(scp_cmd)
 
-Name = Annotated[str, typer.Argument(help="The VM's name.")]
+Name = Annotated[str, typer.Argument(metavar="NAME", help="The VM's name.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Return once the guest is ready.")]
 

@@ -63,9 +63,13 @@ def vm(ctx: Corral) -> Iterator[str]:
         pass
 
 
-def cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the real ``corral`` command against ``home``."""
+def cli(
+    home: Path, *args: str, timeout: float = 300, env_home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``corral`` command against ``home`` (with ``$HOME`` at ``env_home``)."""
     env = dict(os.environ, CORRAL_HOME=str(home), COLUMNS="200")
+    if env_home is not None:
+        env["HOME"] = str(env_home)
     return subprocess.run(
         [CORRAL, *args],
         env=env,

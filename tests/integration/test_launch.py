@@ -21,7 +21,7 @@ import pytest
 from corral.compute.context import Corral
 from corral.compute.reference import ensure_reference
 from corral.config import Home
-from tests.integration.conftest import CORRAL
+from tests.integration.conftest import cli
 
 pytestmark = [pytest.mark.tcg, pytest.mark.slow]
 
@@ -36,16 +36,7 @@ class User:
         self.home.mkdir()
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, CORRAL_HOME=str(self.state), HOME=str(self.home), COLUMNS="200")
-        return subprocess.run(
-            [CORRAL, *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        return cli(self.state, *args, timeout=timeout, env_home=self.home)
 
     def ok(self, *args: str, timeout: float = 300) -> str:
         result = self.run(*args, timeout=timeout)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ import pycdlib
 from pycdlib import dates
 
 from corral.errors import InvalidInput
+from corral.guest.tools import write_atomic
 
 #: The volume identifier NoCloud looks for.
 VOLUME_ID = "cidata"
@@ -62,18 +62,7 @@ def write_seed(path: Path, files: Mapping[str, bytes]) -> None:
         than :data:`MAX_SEED_BYTES` in all (field ``seed``).
     :raise OSError: the image could not be written.
     """
-    image = build_seed(files)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(image)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).chmod(0o644)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, build_seed(files))
     _fsync_dir(path.parent)
 
 

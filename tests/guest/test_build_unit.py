@@ -501,7 +501,7 @@ def fake_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     )
     _make_deb(repo, "linux-image-6.1.0-99-amd64", "6.1.99-1")
     _make_deb(repo, "busybox-static", "1:1.35.0-4")
-    for name in debian.SSH_PACKAGES:
+    for name in debian.PROGRAM_PACKAGES:
         _make_deb(repo, name, "1.0-1")
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_REPO", str(repo))
@@ -532,12 +532,12 @@ def test_packages_resolved_through_the_meta_package(tmp_path: Path, fake_apt: Pa
     assert [(p.name, p.version) for p in pins] == [
         ("linux-image-6.1.0-99-amd64", "6.1.99-1"),
         ("busybox-static", "1:1.35.0-4"),
-        *((name, "1.0-1") for name in debian.SSH_PACKAGES),
+        *((name, "1.0-1") for name in debian.PROGRAM_PACKAGES),
     ]
     assert _apt_calls(tmp_path) == [
         "download -q linux-image-amd64",
         "download -q linux-image-6.1.0-99-amd64=6.1.99-1 busybox-static "
-        + " ".join(debian.SSH_PACKAGES),
+        + " ".join(debian.PROGRAM_PACKAGES),
     ]
     for pin in pins:
         assert debs[pin.name] == guest_root / "debs" / pin.filename
@@ -597,7 +597,7 @@ def test_packages_added_to_the_recipe_are_resolved_and_the_kernel_kept(
     (guest_root / "debs" / pins[3].filename).unlink()
     again, debs = _obtain(guest_root, old)
     assert again == pins
-    assert _apt_calls(tmp_path)[-1] == "download -q " + " ".join(debian.SSH_PACKAGES)
+    assert _apt_calls(tmp_path)[-1] == "download -q " + " ".join(debian.PROGRAM_PACKAGES)
     assert set(debs) == {p.name for p in pins}
 
 

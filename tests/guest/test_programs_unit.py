@@ -207,7 +207,7 @@ def test_missing_library_fails_the_build_by_name(tree: Path) -> None:
         program_files(tree, ["usr/sbin/server"])
     message = str(info.value)
     assert "libb.so.2" in message and "/usr/lib/x86_64-linux-gnu/liba.so.1" in message
-    assert "SSH_PACKAGES" in message
+    assert "PROGRAM_PACKAGES" in message
 
 
 def test_missing_program_or_interpreter(tree: Path) -> None:

@@ -28,7 +28,7 @@ from corral.guest import (
     build_reference_guest,
     cached_reference_guest,
 )
-from corral.guest.debian import SSH_PACKAGES
+from corral.guest.debian import PROGRAM_PACKAGES
 from corral.guest.elf import dynamic_linking, elf_notes
 from corral.guest.kernel import pvh_entry
 
@@ -96,7 +96,7 @@ def test_artefacts(reference_guest: ReferenceGuest, tmp_path: Path) -> None:
     manifest = json.loads((g.dir / "manifest.json").read_text())
     assert manifest["key"] == g.key and manifest["kernel_version"] == g.kernel_version
     assert manifest["modules_after_ready"] == []
-    assert {p["name"] for p in manifest["packages"]} >= {"busybox-static", *SSH_PACKAGES}
+    assert {p["name"] for p in manifest["packages"]} >= {"busybox-static", *PROGRAM_PACKAGES}
 
     # the root disk has the modules with a modules.dep (modprobe works) and /etc/modules
     raw = tmp_path / "root.raw"
@@ -139,16 +139,20 @@ def test_artefacts(reference_guest: ReferenceGuest, tmp_path: Path) -> None:
         "/usr/lib/x86_64-linux-gnu/libtomcrypt.so.1",
         "/usr/lib/x86_64-linux-gnu/libtommath.so.1",
         "/usr/lib/x86_64-linux-gnu/libgmp.so.10",
+        "/lib/x86_64-linux-gnu/libext2fs.so.2",
+        "/lib/x86_64-linux-gnu/libe2p.so.2",
+        "/lib/x86_64-linux-gnu/libcom_err.so.2",
     }
-    ssh_files = set(manifest["ssh_files"])
-    versioned = {f for f in ssh_files if re.search(r"\.so\.\d+\.\d+", f)}
+    staged_programs = set(manifest["programs"])
+    versioned = {f for f in staged_programs if re.search(r"\.so\.\d+\.\d+", f)}
     programs = {
         "/usr/sbin/dropbear",
         "/usr/bin/dropbearkey",
         "/usr/lib/sftp-server",  # a link, as in the package, to OpenSSH's SFTP server
         "/usr/lib/openssh/sftp-server",
+        "/sbin/resize2fs",  # the root file system grows to the disk
     }
-    assert ssh_files - versioned == programs | sonames
+    assert staged_programs - versioned == programs | sonames
     assert all(any(f.startswith(s + ".") for s in sonames) for f in versioned), versioned
     dropbear = debugfs("cat /usr/sbin/dropbear")
     assert set(dynamic_linking(dropbear).needed) == {

@@ -129,8 +129,10 @@ def test_acceptance(user: User) -> None:
     user.ok("scp", "web:/etc/hostname", str(back))
     assert back.read_text().strip() == "web"
 
-    # The type's disk size, grown from the image's.
+    # The type's disk size, grown from the image's; the guest's root file system fills it.
     assert json.loads(user.ok("info", "web", "--json"))["disks"][0]["provisioned"] == 4 << 30
+    df = user.ok("ssh", "web", "--", "df", "-k", "/").splitlines()[-1].split()
+    assert 3_900_000 < int(df[1]) <= 4 << 20  # KiB: the 512 MiB image's ext4, grown to 4 GiB
 
     # The seed is a real ISO 9660 volume called cidata.
     iso = user.state / "vms" / "web" / "seed.iso"

@@ -2,9 +2,10 @@
 
 The guest is assembled from Debian packages that are downloaded (``apt-get download``) and
 unpacked (``dpkg-deb -x``), never installed: the kernel that ``linux-image-amd64`` depends on,
-``busybox-static``, and the SSH server ``dropbear-bin`` with the packages of the shared
-libraries it loads (:data:`~corral.guest.debian.SSH_PACKAGES`). Of those, only
-:data:`SSH_PROGRAMS` and the libraries their ``DT_NEEDED`` entries name (read by
+``busybox-static``, the SSH server ``dropbear-bin``, OpenSSH's SFTP server and ``resize2fs``
+with the packages of the shared libraries they load
+(:data:`~corral.guest.debian.PROGRAM_PACKAGES`). Of those, only
+:data:`PROGRAMS` and the libraries their ``DT_NEEDED`` entries name (read by
 :mod:`~corral.guest.elf`, followed by :mod:`~corral.guest.programs`, which fails the build if
 one is missing) are copied, with the dynamic loader. Nothing is mounted, nothing needs root,
 and the only network use is apt's own download from the configured Debian archive. The one
@@ -92,7 +93,7 @@ from pathlib import Path
 from corral.errors import GuestBuildError
 from corral.guest.debian import (
     BUSYBOX_PACKAGE,
-    SSH_PACKAGES,
+    PROGRAM_PACKAGES,
     PackagePin,
     is_kernel_package,
     kernel_version,
@@ -190,8 +191,8 @@ _BUILDER_MODULES = (
     "rootfs",
     "tools",
 )
-#: The programs of the SSH server, relative to ``/``; with the libraries they load.
-SSH_PROGRAMS = ("usr/sbin/dropbear", "usr/bin/dropbearkey", "usr/lib/sftp-server")
+#: The dynamically linked programs, relative to ``/``; with the libraries they load.
+PROGRAMS = ("usr/sbin/dropbear", "usr/bin/dropbearkey", "usr/lib/sftp-server", "sbin/resize2fs")
 
 
 @dataclass(frozen=True)
@@ -458,13 +459,13 @@ def _build_into(
     shutil.rmtree(kernel_tree)
 
     report("rootfs", PHASES["rootfs"])
-    ssh_tree = work / "ssh-debs"
-    for name in SSH_PACKAGES:
-        unpack(debs[name], ssh_tree)
-    ssh_files = program_files(ssh_tree, SSH_PROGRAMS)
-    shutil.rmtree(ssh_tree)
+    program_tree = work / "program-debs"
+    for name in PROGRAM_PACKAGES:
+        unpack(debs[name], program_tree)
+    staged_programs = program_files(program_tree, PROGRAMS)
+    shutil.rmtree(program_tree)
     raw = work / "root.raw"
-    make_rootfs(raw, key, busybox, work / "rootfs", [*root_files, *ssh_files])
+    make_rootfs(raw, key, busybox, work / "rootfs", [*root_files, *staged_programs])
 
     report("qcow2", PHASES["qcow2"])
     write_qcow2(raw, out / "root.qcow2")
@@ -478,7 +479,7 @@ def _build_into(
         "ready_marker": READY_MARKER,
         "modules": [name for name, _ in order],
         "modules_after_ready": later,
-        "ssh_files": [f"/{f.path}" for f in ssh_files],
+        "programs": [f"/{f.path}" for f in staged_programs],
         "packages": [{"name": p.name, "version": p.version, "sha256": p.sha256} for p in pins],
         "files": {name: sha256_file(out / name) for name in _GUEST_FILES},
     }

@@ -2,7 +2,7 @@
 
 Downloaded with ``apt-get download`` and unpacked with ``dpkg-deb -x``, never installed: the
 kernel image package that :data:`KERNEL_META_PACKAGE` depends on, :data:`BUSYBOX_PACKAGE`,
-and the SSH server with its libraries' packages (:data:`SSH_PACKAGES`).
+and the SSH server with its libraries' packages (:data:`PROGRAM_PACKAGES`).
 :func:`obtain_packages` resolves their versions once; the versions are pinned
 (:class:`PackagePin`) in ``<cache_dir>/guest/packages.json`` (:func:`read_pins`,
 :func:`write_pins`) and the ``.deb`` files kept in ``<cache_dir>/guest/debs/``, so that later
@@ -26,13 +26,18 @@ from corral.guest.tools import PHASES, ProgressFn, run, sha256_file, write_atomi
 KERNEL_META_PACKAGE = "linux-image-amd64"
 #: The Debian package that provides the static busybox.
 BUSYBOX_PACKAGE = "busybox-static"
-#: The SSH server (``dropbear-bin``: ``dropbear`` and ``dropbearkey``), OpenSSH's SFTP
-#: server (which dropbear runs for the ``sftp`` subsystem: ``scp`` and ``sftp`` clients) and
-#: the packages of the shared libraries their programs load. The build checks this list
-#: against the programs' ``DT_NEEDED`` entries and copies only the libraries they name.
-SSH_PACKAGES = (
+#: The dynamically linked programs' packages: the SSH server (``dropbear-bin``: ``dropbear``
+#: and ``dropbearkey``), OpenSSH's SFTP server (which dropbear runs for the ``sftp``
+#: subsystem: ``scp`` and ``sftp`` clients), ``resize2fs`` (``e2fsprogs``: the root file
+#: system grows to the disk's size), and the packages of the shared libraries they load. The
+#: build checks this list against the programs' ``DT_NEEDED`` entries and copies only the
+#: libraries they name.
+PROGRAM_PACKAGES = (
     "dropbear-bin",
     "openssh-sftp-server",
+    "e2fsprogs",
+    "libext2fs2",
+    "libcom-err2",
     "libc6",
     "libcrypt1",
     "libtomcrypt1",
@@ -42,7 +47,7 @@ SSH_PACKAGES = (
 )
 #: The packages pinned by name; the kernel image package is pinned too, resolved through
 #: :data:`KERNEL_META_PACKAGE`.
-NAMED_PACKAGES = (BUSYBOX_PACKAGE, *SSH_PACKAGES)
+NAMED_PACKAGES = (BUSYBOX_PACKAGE, *PROGRAM_PACKAGES)
 
 #: Layout version of ``packages.json``.
 _FORMAT = 1

@@ -9,7 +9,7 @@ file system: the programs, the libraries they need under the names they are aske
 symbolic link kept as the package has it, such as ``libz.so.1 -> libz.so.1.2.13``, with its
 target), and the dynamic loader at the programs' ``PT_INTERP`` path. Nothing else of the
 packages is copied. A library that is not in the tree fails the build: the packages that
-provide the libraries are pinned by name (:data:`~corral.guest.debian.SSH_PACKAGES`), and a
+provide the libraries are pinned by name (:data:`~corral.guest.debian.PROGRAM_PACKAGES`), and a
 new dependency must be added there.
 """
 
@@ -64,7 +64,7 @@ def program_files(tree: Path, programs: Sequence[str]) -> list[RootFile]:
                 dirs = ", ".join(f"/{d}" for d in (*linking.runpath, *LIBRARY_DIRS))
                 raise GuestBuildError(
                     f"/{path} needs the shared library {name}, which is in none of the "
-                    f"unpacked packages ({dirs}); add its Debian package to SSH_PACKAGES"
+                    f"unpacked packages ({dirs}); add its Debian package to PROGRAM_PACKAGES"
                 )
             pending.append((found, f"/{path}"))
     return [staged[path] for path in sorted(staged)]

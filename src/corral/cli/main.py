@@ -14,6 +14,7 @@ from corral.cli.host import host_app
 from corral.cli.image import image_app
 from corral.cli.keys import key_app
 from corral.cli.launch import launch_cmd, scp_cmd, ssh_cmd
+from corral.cli.serve import serve_cmd
 from corral.cli.types import type_app
 from corral.errors import CorralError, GuestTimeout, LaunchError
 
@@ -33,6 +34,7 @@ app.add_typer(type_app, name="type")
 app.command("launch")(launch_cmd)
 app.command("ssh")(ssh_cmd)
 app.command("scp")(scp_cmd)
+app.command("serve")(serve_cmd)
 
 Name = Annotated[str, typer.Argument(metavar="NAME", help="The VM's name.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -1,0 +1,66 @@
+"""The application: ``/api/v1``, its OpenAPI document, and errors as HTTP answers.
+
+Every :class:`~corral.errors.CorralError` is answered here, with the status its class names
+and an :class:`~corral.api.schemas.ErrorRead` body; a request the schemas refuse is a 422
+naming the field. Nothing else is caught: an unexpected exception is a bug and a 500.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from corral import __version__
+from corral.api.routers import host, images, keypairs, types, vms
+from corral.api.schemas import ErrorRead
+from corral.compute.context import Corral
+from corral.errors import CorralError, InvalidInput
+
+PREFIX = "/api/v1"
+#: Whether requests over TCP must carry a valid token (``corral serve --bind`` needs it).
+TCP_AUTH = False
+
+
+def create_app(ctx: Corral) -> FastAPI:
+    """The API for the state directory ``ctx`` (which the app uses, and does not close)."""
+    app = FastAPI(
+        title="corral",
+        version=__version__,
+        description="corrald: virtual machines, images, key pairs and instance types of one "
+        "QEMU/KVM host.",
+        openapi_url=f"{PREFIX}/openapi.json",
+        docs_url=f"{PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.state.corral = ctx
+    for module in (host, vms, images, types, keypairs):
+        app.include_router(module.router, prefix=PREFIX)
+    app.add_exception_handler(CorralError, _corral_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    return app
+
+
+def error_body(exc: CorralError) -> dict[str, object]:
+    """The JSON body that answers ``exc``."""
+    field = exc.field if isinstance(exc, InvalidInput) else None
+    return ErrorRead(error=type(exc).__name__, message=exc.message, field=field).model_dump()
+
+
+async def _corral_error(request: Request, exc: CorralError) -> JSONResponse:
+    del request
+    return JSONResponse(error_body(exc), status_code=exc.status)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    del request
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(part) for part in first.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path"):
+        loc = loc[1:]
+    field = ".".join(loc) or "request"
+    reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    if len(errors) > 1:
+        reason += f" (and {len(errors) - 1} more)"
+    return JSONResponse(error_body(InvalidInput(field, reason)), status_code=422)

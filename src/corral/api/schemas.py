@@ -1,0 +1,129 @@
+"""Wire types of the API: what an answer holds, field by field.
+
+Read types mirror the service layer's views; create and update types (to come with the
+writing endpoints) are separate classes that forbid unknown fields.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class _Read(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Page(_Read, Generic[T]):
+    """One page of a listing."""
+
+    items: list[T]
+    #: How many items match, over all pages.
+    total: int
+    limit: int
+    offset: int
+
+
+class DiskRead(_Read):
+    name: str
+    image: str | None
+    provisioned: int = Field(description="Virtual size in bytes.")
+    used: int = Field(description="Bytes allocated on the host.")
+
+
+class VmRead(_Read):
+    """A VM as the VM list and its detail page show it."""
+
+    name: str
+    uuid: str
+    state: str
+    reason: str
+    vcpus: int
+    memory: int = Field(description="Guest memory in bytes.")
+    machine: str
+    image: str | None
+    provisioned: int
+    used: int
+    host_cpu: float | None = Field(description="Host CPU use in percent of one core.")
+    host_memory: int | None = Field(description="QEMU's resident memory in bytes.")
+    pid: int | None
+    created_at: str
+    state_changed_at: str
+    disks: list[DiskRead]
+    forwards: list[str]
+    instance_type: str | None
+    keypair: str | None
+    instance_id: str | None
+    ssh: str | None
+
+
+class ImageRead(_Read):
+    name: str
+    format: str
+    source_format: str
+    virtual_size: int
+    actual_size: int
+    sha256: str
+    os_hint: str
+    ssh_user: str
+    boot: str = Field(description="'kernel' (direct kernel boot) or 'firmware'.")
+    ready_marker: str | None
+    created_at: str
+    used_by: list[str]
+
+
+class InstanceTypeRead(_Read):
+    name: str
+    vcpus: int
+    memory: int
+    disk: int
+    price_per_hour: str
+    currency: str
+    description: str
+    source: str
+
+
+class KeyPairRead(_Read):
+    name: str
+    kind: str
+    bits: int
+    fingerprint: str
+    comment: str
+    public_key: str
+    created_at: str
+
+
+class HostSummary(_Read):
+    """The host at a glance, as vSphere's summary page shows it."""
+
+    hostname: str
+    cpu_model: str
+    cpus: int
+    cpu_usage: float = Field(description="Percent of all CPUs busy, since the previous call.")
+    memory_total: int
+    memory_used: int
+    datastore: str = Field(description="The state directory's file system.")
+    datastore_capacity: int
+    datastore_free: int
+    accelerator: str
+    qemu_version: str
+    vms_running: int
+    vms_total: int
+    networks: list[str]
+
+
+class ErrorRead(_Read):
+    """Every error answer: what kind, the one-line message, and context."""
+
+    error: str = Field(description="The error class: NotFound, InvalidInput, StateError...")
+    message: str
+    field: str | None = None
+
+
+#: ``responses=`` of an endpoint that looks an object up by name.
+NOT_FOUND: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorRead, "description": "No such object."}
+}

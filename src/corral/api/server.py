@@ -1,0 +1,163 @@
+"""Running corrald: uvicorn on a UNIX socket (always) and a TCP address (when asked).
+
+The UNIX socket is ``$CORRAL_HOME/corrald.sock``, mode 0600 in the 0700 state directory:
+only the directory's owner (and root) can connect, and they are its administrators, as with
+Incus's local socket. A TCP listener serves the same API to remote clients, with TLS when
+given a certificate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from corral.compute.context import Corral
+from corral.config import MAX_SOCKET_PATH
+from corral.errors import HostError, InvalidInput
+
+SOCKET_NAME = "corrald.sock"
+PIDFILE_NAME = "corrald.pid"
+LOG_NAME = "corrald.log"
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where the daemon listens."""
+
+    socket: Path
+    #: ``(host, port)`` for TCP, or ``None``.
+    tcp: tuple[str, int] | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """``127.0.0.1:8140`` or ``[::1]:8140`` -> (host, port).
+
+    :raise InvalidInput: not ``HOST:PORT`` with a port in 1-65535.
+    """
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InvalidInput("bind", f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8140)")
+    return host, int(port)
+
+
+def unix_listener(path: Path) -> socket.socket:
+    """A listening UNIX socket at ``path`` (mode 0600); a stale one is replaced.
+
+    :raise HostError: another daemon answers on it, or the path is too long.
+    """
+    if len(str(path)) > MAX_SOCKET_PATH:
+        raise HostError(f"{path} is longer than a UNIX socket path may be ({MAX_SOCKET_PATH})")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+            raise HostError(f"cannot use {path}: {exc.strerror}") from exc
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # left by a daemon that died
+    else:
+        raise HostError(f"corrald is already running on {path}")
+    finally:
+        probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    path.chmod(0o600)
+    sock.listen(128)
+    return sock
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket.
+
+    :raise HostError: the address is taken or cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise HostError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(128)
+    return sock
+
+
+def serve(ctx: Corral, listen: Listen, pidfile: Path | None = None) -> None:
+    """Serve the API until SIGINT or SIGTERM (blocking).
+
+    The UNIX socket and the TCP address are two uvicorn servers in one event loop, so that
+    TLS (when given) applies to TCP only; the signals stop both.
+
+    :param pidfile: written with this process's PID once the sockets listen, removed at exit.
+    """
+    import asyncio
+
+    from corral.api.app import create_app
+
+    app = create_app(ctx)
+    listeners = [(unix_listener(listen.socket), False)]
+    try:
+        if listen.tcp is not None:
+            listeners.append((tcp_listener(*listen.tcp), True))
+        servers = []
+        for sock, remote in listeners:
+            tls = remote and listen.tls_cert is not None
+            config = uvicorn.Config(
+                app,
+                log_level="info",
+                access_log=False,
+                ssl_certfile=str(listen.tls_cert) if tls else None,
+                ssl_keyfile=str(listen.tls_key) if tls and listen.tls_key else None,
+                timeout_graceful_shutdown=5,
+            )
+            servers.append((_Server(config), sock))
+        if pidfile is not None:
+            pidfile.write_text(f"{os.getpid()}\n")
+        asyncio.run(_serve_all(servers))
+    finally:
+        if pidfile is not None:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if int(pidfile.read_text()) == os.getpid():
+                    pidfile.unlink()
+        for sock, _ in listeners:
+            sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            listen.socket.unlink()
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to :func:`_serve_all`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_all(servers: list[tuple[_Server, socket.socket]]) -> None:
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server, _ in servers:
+            server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in servers))

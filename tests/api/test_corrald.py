@@ -1,0 +1,47 @@
+"""The real daemon: ``corral serve --detach`` answers on its UNIX socket and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+CORRAL = str(Path(sys.executable).with_name("corral"))
+
+
+def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CORRAL, *args],
+        env=dict(os.environ, CORRAL_HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_serve_detach_answers_and_stops() -> None:
+    home = Path(tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
+    started = run(home, "serve", "--detach")
+    assert started.returncode == 0, started.stderr
+    sock = home / "corrald.sock"
+    try:
+        assert sock.stat().st_mode & 0o777 == 0o600
+        pid = int((home / "corrald.pid").read_text())
+        transport = httpx.HTTPTransport(uds=str(sock))
+        with httpx.Client(transport=transport, base_url="http://corrald") as client:
+            assert client.get("/api/v1/vms").json()["items"] == []
+            assert client.get("/api/v1/openapi.json").json()["info"]["title"] == "corral"
+        again = run(home, "serve", "--detach")
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        stopped = run(home, "serve", "--stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not sock.exists()
+    assert not Path(f"/proc/{pid}").exists()
+    assert not (home / "corrald.pid").exists()

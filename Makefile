@@ -1,10 +1,10 @@
 # The two commands: `make up` runs corral on this host, `make test` runs every test.
-.PHONY: up test setup lint bench
+.PHONY: up test setup setup-test lint bench
 
 up: setup
 	scripts/up
 
-test: setup
+test: setup-test
 	.venv/bin/ruff check src tests bench
 	.venv/bin/ruff format --check src tests bench
 	.venv/bin/mypy
@@ -12,6 +12,10 @@ test: setup
 
 setup:
 	scripts/setup
+
+# The tests also need what users of corral do not: a PostgreSQL server for the store tests.
+setup-test:
+	scripts/setup --test
 
 lint: setup
 	.venv/bin/ruff check src tests bench

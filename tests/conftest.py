@@ -13,3 +13,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite golden files (tests/golden/**) from the current output; review the diff",
     )
+
+
+@pytest.fixture(autouse=True)
+def _no_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests make their own state directories: a developer's ``$CORRAL_DATABASE_URL`` must
+    not send them to another database (the store tests pass their URLs explicitly)."""
+    monkeypatch.delenv("CORRAL_DATABASE_URL", raising=False)

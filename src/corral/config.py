@@ -1,7 +1,8 @@
 """Where corral keeps its state on disk.
 
 A state directory (``$CORRAL_HOME``; ``/var/lib/corral`` for root, ``~/.local/share/corral``
-otherwise) holds ``corral.db``, ``images/``, ``vms/<name>/`` and ``cache/``.
+otherwise) holds ``corral.db``, ``images/``, ``vms/<name>/`` and ``cache/``. The state
+database is that SQLite file unless ``$CORRAL_DATABASE_URL`` names another (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -76,6 +77,17 @@ class Home:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         for sub in (self.images, self.vms, self.locks, self.cache):
             sub.mkdir(exist_ok=True, mode=0o700)
+
+
+def default_database_url(home: Home) -> str:
+    """The state database's URL: ``$CORRAL_DATABASE_URL``, else the SQLite file in ``home``.
+
+    :param home: the state directory whose ``corral.db`` is the default.
+    """
+    env = os.environ.get("CORRAL_DATABASE_URL")
+    if env:
+        return env
+    return f"sqlite:///{home.db_path}"
 
 
 def load_home() -> Home:

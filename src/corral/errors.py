@@ -6,7 +6,10 @@ HTTP status an API maps it to::
 
     CorralError                      500  root; never raised itself
     ├── InvalidInput                 422  a value is wrong: names the field, why, what is allowed
-    ├── NotFound                     404  no such VM / image / disk
+    ├── Unauthenticated              401  no valid credentials (unknown, revoked, expired token)
+    ├── Forbidden                    403  the role does not allow the action on a visible object
+    ├── QuotaExceeded                403  a project's quota would be exceeded: names the quota
+    ├── NotFound                     404  no such VM / image / disk (or not visible to the caller)
     ├── Conflict                     409
     │   ├── AlreadyExists            409  the name is taken
     │   ├── StateError               409  the operation is not allowed in the VM's current state
@@ -61,6 +64,72 @@ class InvalidInput(CorralError):
         self.field = field
         #: Why it was refused.
         self.reason = reason
+
+
+class Unauthenticated(CorralError):
+    """The credentials are missing or not valid.
+
+    The message does not say why unless told to (an unknown token and a revoked one read the
+    same to a client); :attr:`reason` does, for the audit log.
+
+    :param reason: why the credentials were refused (``revoked``, ``expired``, ...).
+    :param disclose: put ``reason`` in the message (when it tells an attacker nothing).
+    """
+
+    status = 401
+
+    def __init__(self, reason: str, disclose: bool = False) -> None:
+        super().__init__(
+            f"authentication failed: {reason if disclose else 'the credentials are not valid'}"
+        )
+        #: Why they were refused; for the audit log, never for the client.
+        self.reason = reason
+
+
+class Forbidden(CorralError):
+    """The caller sees the object but its role does not allow the action.
+
+    Raised only for objects the caller may read: an object of a project the caller is no
+    member of is :class:`NotFound`, so that its existence does not leak.
+
+    :param actor: who asked (a user name or ``local:<uid>``).
+    :param role: the actor's role (``viewer``).
+    :param action: what was asked (``delete``, ``manage``).
+    :param target: what it was asked on (``vm 'web'``, ``users``).
+    """
+
+    status = 403
+
+    def __init__(self, actor: str, role: str, action: str, target: str) -> None:
+        super().__init__(f"{actor} ({role}) may not {action} {target}")
+        self.actor = actor
+        self.role = role
+        self.action = action
+        self.target = target
+
+
+class QuotaExceeded(CorralError):
+    """A create would take a project past one of its quotas; checked before anything is made.
+
+    :param project: the project's name.
+    :param quota: which quota: ``instances``, ``vcpus``, ``memory`` or ``disk``.
+    :param limit: the quota, in the resource's unit (a count, vCPUs, bytes).
+    :param used: what the project uses now.
+    :param requested: what the create asks for on top.
+    :param detail: the sentence that explains the three figures.
+    """
+
+    status = 403
+
+    def __init__(
+        self, project: str, quota: str, limit: int, used: int, requested: int, detail: str
+    ) -> None:
+        super().__init__(f"quota {quota} of project {project!r} exceeded: {detail}")
+        self.project = project
+        self.quota = quota
+        self.limit = limit
+        self.used = used
+        self.requested = requested
 
 
 class NotFound(CorralError):

@@ -9,6 +9,10 @@ import tempfile
 from pathlib import Path
 
 import httpx
+import pytest
+
+from corral.client import Client
+from corral.client.api import ApiError
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
 
@@ -37,6 +41,20 @@ def test_serve_detach_answers_and_stops() -> None:
         with httpx.Client(transport=transport, base_url="http://corrald") as client:
             assert client.get("/api/v1/vms").json()["items"] == []
             assert client.get("/api/v1/openapi.json").json()["info"]["title"] == "corral"
+        with Client(socket=sock) as api:
+            assert api.list_vms().total == 0
+            assert api.get_type("t1.micro").memory == 512 << 20
+            assert api.host().cpus >= 1
+            with pytest.raises(ApiError) as caught:
+                api.get_vm("nope")
+            assert caught.value.status == 404 and caught.value.kind == "NotFound"
+            assert caught.value.message == "vm 'nope' not found"
+            with pytest.raises(ApiError) as caught:
+                api.list_vms(limit=0)
+            assert caught.value.status == 422 and caught.value.field == "limit"
+            with pytest.raises(ApiError) as caught:
+                api.get_image("../vms")  # one path segment, never another path
+            assert caught.value.status == 404
         again = run(home, "serve", "--detach")
         assert again.returncode == 1 and "already running" in again.stderr
     finally:

@@ -8,14 +8,18 @@ from typing import Annotated
 import typer
 
 from corral.cli import render
+from corral.cli.audit import audit_app
 from corral.cli.context import open_corral
 from corral.cli.guest import guest_app
 from corral.cli.host import host_app
 from corral.cli.image import image_app
 from corral.cli.keys import key_app
 from corral.cli.launch import launch_cmd, scp_cmd, ssh_cmd
+from corral.cli.projects import project_app
 from corral.cli.serve import serve_cmd
+from corral.cli.tokens import token_app
 from corral.cli.types import type_app
+from corral.cli.users import user_app
 from corral.errors import CorralError, GuestTimeout, LaunchError
 
 app = typer.Typer(
@@ -31,6 +35,10 @@ app.add_typer(host_app, name="host")
 app.add_typer(guest_app, name="guest")
 app.add_typer(key_app, name="key")
 app.add_typer(type_app, name="type")
+app.add_typer(project_app, name="project")
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
 app.command("launch")(launch_cmd)
 app.command("ssh")(ssh_cmd)
 app.command("scp")(scp_cmd)

@@ -1,16 +1,51 @@
-"""Tables of corral's state: VMs, images and key pairs. Specs are stored as JSON."""
+"""Tables of corral's state: VMs, images and key pairs (specs stored as JSON); projects,
+users, their memberships and API tokens, quotas and the audit log.
+
+Every VM, image and key pair belongs to a project; the project ``default`` (id
+:data:`DEFAULT_PROJECT_ID`) is made by migration 0003 and owns whatever is created without a
+project. The tables work on SQLite and PostgreSQL alike: strings have lengths, times are
+timezone-aware, and every foreign key and check constraint has a name.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Id of the project ``default``; migration 0003 inserts it with this very id.
+DEFAULT_PROJECT_ID = "00000000-0000-4000-8000-000000000001"
+#: Name of the project that owns objects created without one.
+DEFAULT_PROJECT = "default"
+#: The global roles a user may have, from most to least powerful.
+ROLES = ("admin", "operator", "viewer")
+#: Length of a token id, in hex digits (the id is also inside the token).
+TOKEN_ID_LENGTH = 16
 
 
 def utcnow() -> datetime:
     """Now, timezone-aware, in UTC."""
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` made timezone-aware: SQLite hands back naive datetimes, which are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _project_fk(table: str) -> ForeignKey:
+    return ForeignKey("projects.id", name=f"fk_{table}_project_id_projects")
 
 
 class Base(DeclarativeBase):
@@ -24,6 +59,10 @@ class VmRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    #: The project that owns it (the project ``default`` unless told otherwise).
+    project_id: Mapped[str] = mapped_column(
+        String(36), _project_fk("vms"), index=True, default=DEFAULT_PROJECT_ID
+    )
     #: ``VmSpec`` as JSON.
     spec: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16))
@@ -56,6 +95,10 @@ class ImageRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    #: The project that owns it (the project ``default`` unless told otherwise).
+    project_id: Mapped[str] = mapped_column(
+        String(36), _project_fk("images"), index=True, default=DEFAULT_PROJECT_ID
+    )
     #: The catalogue's copy (always qcow2, read-only).
     path: Mapped[str] = mapped_column(Text)
     #: Format of the file it was imported from.
@@ -81,6 +124,10 @@ class KeyPairRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    #: The project that owns it (the project ``default`` unless told otherwise).
+    project_id: Mapped[str] = mapped_column(
+        String(36), _project_fk("keypairs"), index=True, default=DEFAULT_PROJECT_ID
+    )
     #: The key's algorithm as OpenSSH names it (``ssh-ed25519``, ``ssh-rsa``, ...).
     kind: Mapped[str] = mapped_column(String(64))
     #: The public key in ``authorized_keys`` form: ``<kind> <base64> [comment]``.
@@ -91,3 +138,122 @@ class KeyPairRow(Base):
     #: Where the private key was written or said to be (a path, never the key).
     private_key_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ProjectRow(Base):
+    """A tenant: VMs, images and key pairs belong to one; users are members of some."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UserRow(Base):
+    """A user of the API: a global role, membership of projects, a password and tokens."""
+
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("role IN ('admin', 'operator', 'viewer')", name="ck_users_role"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    #: The argon2id hash in PHC form (``$argon2id$v=19$m=...``); ``None``: tokens only.
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    #: One of :data:`ROLES`; it holds in every project the user is a member of.
+    role: Mapped[str] = mapped_column(String(16))
+    #: A disabled user's tokens and password are refused; the record and its tokens stay.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MembershipRow(Base):
+    """A user's membership of a project."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (PrimaryKeyConstraint("user_id", "project_id", name="pk_memberships"),)
+
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", name="fk_memberships_user_id_users", ondelete="CASCADE")
+    )
+    project_id: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey("projects.id", name="fk_memberships_project_id_projects", ondelete="CASCADE"),
+        index=True,
+    )
+
+
+class TokenRow(Base):
+    """An API token. Only the SHA-256 of the secret is kept, never the secret itself.
+
+    A token reads ``crl_<id>_<random>``: the id finds the row, the hash of the whole token
+    proves it.
+    """
+
+    __tablename__ = "tokens"
+
+    #: :data:`TOKEN_ID_LENGTH` hex digits, also inside the token.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey("users.id", name="fk_tokens_user_id_users", ondelete="CASCADE"),
+        index=True,
+    )
+    #: What the token is for, as its owner named it.
+    name: Mapped[str] = mapped_column(String(63))
+    #: SHA-256 of the whole token, in hex.
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    #: The token's first characters (``crl_`` and the id's first 8), to recognise it.
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Updated at most once a minute.
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class QuotaRow(Base):
+    """The limits of one project; ``None`` is unlimited, and so is a project without a row."""
+
+    __tablename__ = "quotas"
+
+    project_id: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey("projects.id", name="fk_quotas_project_id_projects", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    instances: Mapped[int | None] = mapped_column(Integer)
+    vcpus: Mapped[int | None] = mapped_column(Integer)
+    #: Guest memory of all instances, in bytes.
+    memory: Mapped[int | None] = mapped_column(BigInteger)
+    #: Provisioned (virtual) size of all instances' disks, in bytes.
+    disk: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class AuditRow(Base):
+    """One entry of the audit log: who did what to which object, and how it ended.
+
+    Names, not foreign keys: an entry outlives the user, project and object it names.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    #: A user's name, or ``local:<uid>`` for the local administrator.
+    actor: Mapped[str] = mapped_column(String(80), index=True)
+    #: ``<kind>.<verb>``: ``project.create``, ``token.revoke``.
+    action: Mapped[str] = mapped_column(String(63))
+    target_kind: Mapped[str] = mapped_column(String(32))
+    target_name: Mapped[str] = mapped_column(String(255))
+    #: The project's name, if the object belongs to one.
+    project: Mapped[str | None] = mapped_column(String(63), index=True)
+    #: ``ok``, or the class of the error that refused it (``NotFound``, ``QuotaExceeded``).
+    outcome: Mapped[str] = mapped_column(String(63))
+    #: JSON object with what else there is to know (the role given, the error's message).
+    detail: Mapped[str] = mapped_column(Text, default="{}")

@@ -1,0 +1,1 @@
+"""Tests of the state database, each run against SQLite and a real PostgreSQL server."""

@@ -63,3 +63,48 @@ def test_serve_detach_answers_and_stops() -> None:
     assert not sock.exists()
     assert not Path(f"/proc/{pid}").exists()
     assert not (home / "corrald.pid").exists()
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_acceptance_over_tcp() -> None:
+    """The issue's acceptance lines, as written (with a free port instead of 8140)."""
+    home = Path(tempfile.mkdtemp(prefix="ca-", dir="/tmp"))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api/v1"
+    started = run(home, "serve", "--bind", f"127.0.0.1:{port}", "--detach")
+    assert started.returncode == 0, started.stderr
+    try:
+        assert run(home, "project", "create", "p1").returncode == 0
+        made = run(home, "user", "create", "alice", "--role", "operator", "--project", "p1",
+                   "--token")  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        token = next(
+            word for line in made.stdout.splitlines() for word in line.split()
+            if word.startswith("crl_")
+        )  # fmt: skip
+        listed = curl("-f", "-H", f"Authorization: Bearer {token}", f"{base}/vms")
+        assert listed.returncode == 0, listed.stderr
+        assert '"items":[]' in listed.stdout.replace(" ", "")
+        document = curl("-f", f"{base}/openapi.json")
+        assert document.returncode == 0 and '"openapi"' in document.stdout
+        code = curl("-o", "/dev/null", "-w", "%{http_code}", f"{base}/vms")
+        assert code.stdout == "401"
+        # The UNIX socket stays: the local administrator needs no token there.
+        with Client(socket=home / "corrald.sock") as api:
+            assert api.list_vms().total == 0
+    finally:
+        stopped = run(home, "serve", "--stop")
+    assert stopped.returncode == 0, stopped.stderr

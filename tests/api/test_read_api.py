@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from corral.api.app import create_app
+from corral.api.auth import via
 from corral.compute.context import Corral
 from corral.compute.define import CreateRequest, create
 from corral.compute.reference import ensure_reference
@@ -20,7 +21,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     ensure_reference(ctx)
     for i in range(5):
         create(ctx, CreateRequest(name=f"vm-{i}", image="reference", memory="128M"))
-    with TestClient(create_app(ctx)) as c:
+    # As on the daemon's UNIX socket: the local administrator.
+    with TestClient(via(create_app(ctx), "unix")) as c:
         yield c
     ctx.close()
 

@@ -19,7 +19,7 @@ from corral.errors import CorralError, InvalidInput
 
 PREFIX = "/api/v1"
 #: Whether requests over TCP must carry a valid token (``corral serve --bind`` needs it).
-TCP_AUTH = False
+TCP_AUTH = True
 
 
 def create_app(ctx: Corral) -> FastAPI:
@@ -49,7 +49,8 @@ def error_body(exc: CorralError) -> dict[str, object]:
 
 async def _corral_error(request: Request, exc: CorralError) -> JSONResponse:
     del request
-    return JSONResponse(error_body(exc), status_code=exc.status)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

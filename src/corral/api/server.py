@@ -108,6 +108,7 @@ def serve(ctx: Corral, listen: Listen, pidfile: Path | None = None) -> None:
     import asyncio
 
     from corral.api.app import create_app
+    from corral.api.auth import via
 
     app = create_app(ctx)
     listeners = [(unix_listener(listen.socket), False)]
@@ -118,7 +119,7 @@ def serve(ctx: Corral, listen: Listen, pidfile: Path | None = None) -> None:
         for sock, remote in listeners:
             tls = remote and listen.tls_cert is not None
             config = uvicorn.Config(
-                app,
+                via(app, "tcp" if remote else "unix"),
                 log_level="info",
                 access_log=False,
                 ssl_certfile=str(listen.tls_cert) if tls else None,

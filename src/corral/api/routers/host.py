@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from corral.api.auth import get_principal
 from corral.api.deps import CorralDep
 from corral.api.schemas import HostSummary
 
-router = APIRouter(prefix="/host", tags=["host"])
+router = APIRouter(prefix="/host", tags=["host"], dependencies=[Depends(get_principal)])
 
 
 @router.get("")

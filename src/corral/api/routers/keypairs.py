@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.routers.paging import Limit, Offset, page
 from corral.api.schemas import NOT_FOUND, KeyPairRead, Page
+from corral.api.tenancy import require_visible, visible_names
 from corral.compute.keys import KeyPairView
 
 router = APIRouter(prefix="/keypairs", tags=["key pairs"])
@@ -25,16 +27,22 @@ def keypair_read(view: KeyPairView) -> KeyPairRead:
 
 
 @router.get("")
-def list_keypairs(ctx: CorralDep, limit: Limit = 100, offset: Offset = 0) -> Page[KeyPairRead]:
+def list_keypairs(
+    ctx: CorralDep, principal: PrincipalDep, limit: Limit = 100, offset: Offset = 0
+) -> Page[KeyPairRead]:
     """Key pairs by name."""
     from corral.compute.keys import list_keys
+    from corral.store.models import KeyPairRow
 
-    return page([keypair_read(v) for v in list_keys(ctx)], limit, offset)
+    mine = visible_names(ctx, principal, KeyPairRow)
+    return page([keypair_read(v) for v in list_keys(ctx) if v.name in mine], limit, offset)
 
 
 @router.get("/{name}", responses=NOT_FOUND)
-def get_keypair(ctx: CorralDep, name: str) -> KeyPairRead:
+def get_keypair(ctx: CorralDep, principal: PrincipalDep, name: str) -> KeyPairRead:
     """One key pair."""
     from corral.compute.keys import get_key
+    from corral.store.models import KeyPairRow
 
+    require_visible(ctx, principal, KeyPairRow, "key pair", name)
     return keypair_read(get_key(ctx, name))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from corral.api.auth import get_principal
 from corral.api.deps import CorralDep
 from corral.api.routers.paging import Limit, Offset, page
 from corral.api.schemas import NOT_FOUND, InstanceTypeRead, Page
 
-router = APIRouter(prefix="/instance-types", tags=["instance types"])
+router = APIRouter(
+    prefix="/instance-types", tags=["instance types"], dependencies=[Depends(get_principal)]
+)
 
 
 def _read(itype: object) -> InstanceTypeRead:

@@ -6,9 +6,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
+from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.routers.paging import Limit, Offset, page
 from corral.api.schemas import NOT_FOUND, DiskRead, Page, VmRead
+from corral.api.tenancy import require_visible, visible_names
 from corral.compute.inventory import VmView
 
 router = APIRouter(prefix="/vms", tags=["vms"])
@@ -49,6 +51,7 @@ def vm_read(view: VmView) -> VmRead:
 @router.get("")
 def list_vms(
     ctx: CorralDep,
+    principal: PrincipalDep,
     state: Annotated[State | None, Query(description="Only VMs in this state.")] = None,
     image: Annotated[str | None, Query(max_length=63, description="Only clones of it.")] = None,
     name: Annotated[
@@ -59,11 +62,14 @@ def list_vms(
 ) -> Page[VmRead]:
     """Every VM (running or not), by name, reconciled with the host."""
     from corral.compute.inventory import list_vms as do_list
+    from corral.store.models import VmRow
 
+    mine = visible_names(ctx, principal, VmRow)
     views = [
         v
         for v in do_list(ctx, include_inactive=True)
-        if (state is None or v.state == state)
+        if v.name in mine
+        and (state is None or v.state == state)
         and (image is None or v.image == image)
         and (name is None or name in v.name)
     ]
@@ -71,8 +77,10 @@ def list_vms(
 
 
 @router.get("/{name}", responses=NOT_FOUND)
-def get_vm(ctx: CorralDep, name: str) -> VmRead:
+def get_vm(ctx: CorralDep, principal: PrincipalDep, name: str) -> VmRead:
     """One VM, its run state asked from QEMU."""
     from corral.compute.inventory import info
+    from corral.store.models import VmRow
 
+    require_visible(ctx, principal, VmRow, "vm", name)
     return vm_read(info(ctx, name))

@@ -7,12 +7,16 @@ naming the field. Nothing else is caught: an unexpected exception is a bug and a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from corral import __version__
-from corral.api.routers import host, images, keypairs, types, vms
+from corral.api.routers import host, images, keypairs, tasks, types, vms
 from corral.api.schemas import ErrorRead
 from corral.compute.context import Corral
 from corral.errors import CorralError, InvalidInput
@@ -23,8 +27,30 @@ TCP_AUTH = True
 
 
 def create_app(ctx: Corral) -> FastAPI:
-    """The API for the state directory ``ctx`` (which the app uses, and does not close)."""
+    """The API for the state directory ``ctx`` (which the app uses, and does not close).
+
+    Its lifespan runs the task pool: on start-up it ends the tasks a previous daemon left
+    unfinished (:func:`~corral.compute.tasks.recover`), at shutdown it lets running tasks
+    finish.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from starlette.concurrency import run_in_threadpool
+
+        from corral.compute.tasks import TaskPool, recover
+
+        pool = TaskPool(ctx)
+        await run_in_threadpool(recover, ctx, pool.daemon_id)
+        app.state.tasks = pool
+        try:
+            yield
+        finally:
+            app.state.tasks = None
+            await run_in_threadpool(pool.shutdown)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="corral",
         version=__version__,
         description="corrald: virtual machines, images, key pairs and instance types of one "
@@ -34,10 +60,11 @@ def create_app(ctx: Corral) -> FastAPI:
         redoc_url=None,
     )
     app.state.corral = ctx
-    for module in (host, vms, images, types, keypairs):
+    for module in (host, vms, images, types, keypairs, tasks):
         app.include_router(module.router, prefix=PREFIX)
     app.add_exception_handler(CorralError, _corral_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     return app
 
 
@@ -65,3 +92,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     if len(errors) > 1:
         reason += f" (and {len(errors) - 1} more)"
     return JSONResponse(error_body(InvalidInput(field, reason)), status_code=422)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own answers (no such path, method not allowed) in the shape of every error."""
+    kinds = {404: "NotFound", 405: "MethodNotAllowed"}
+    message = f"no such path: {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+    body = ErrorRead(error=kinds.get(exc.status_code, "HTTPError"), message=message)
+    return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)

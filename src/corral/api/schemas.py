@@ -6,7 +6,7 @@ writing endpoints) are separate classes that forbid unknown fields.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +38,7 @@ class VmRead(_Read):
     """A VM as the VM list and its detail page show it."""
 
     name: str
+    project: str
     uuid: str
     state: str
     reason: str
@@ -62,6 +63,7 @@ class VmRead(_Read):
 
 class ImageRead(_Read):
     name: str
+    project: str
     format: str
     source_format: str
     virtual_size: int
@@ -88,6 +90,7 @@ class InstanceTypeRead(_Read):
 
 class KeyPairRead(_Read):
     name: str
+    project: str
     kind: str
     bits: int
     fingerprint: str
@@ -115,6 +118,36 @@ class HostSummary(_Read):
     networks: list[str]
 
 
+class TaskRead(_Read):
+    """A long operation: what it works on, where it is, who asked, when."""
+
+    id: str
+    name: str = Field(description="The operation: vm.start, vm.delete...")
+    target_kind: str
+    target_name: str
+    status: Literal["queued", "running", "success", "error", "cancelled"]
+    progress: int = Field(ge=0, le=100, description="Percent done.")
+    detail: str = Field(description="What it is doing, or what it did.")
+    error: str | None = Field(description="Why it ended as error.")
+    initiated_by: str
+    requested_at: str
+    started_at: str | None
+    completed_at: str | None
+    cancellable: bool = Field(description="Whether POST /tasks/{id}/cancel would accept it now.")
+
+
+class VmActionCreate(BaseModel):
+    """Options of a VM action; the body may be left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wait: bool = Field(
+        default=False,
+        description="start, reboot: the task ends once the guest's ready marker is on its "
+        "serial console, not once QEMU runs.",
+    )
+
+
 class ErrorRead(_Read):
     """Every error answer: what kind, the one-line message, and context."""
 
@@ -127,3 +160,23 @@ class ErrorRead(_Read):
 NOT_FOUND: dict[int | str, dict[str, object]] = {
     404: {"model": ErrorRead, "description": "No such object."}
 }
+
+#: ``responses=`` of a VM action: a state the operation cannot start from.
+CONFLICT: dict[int | str, dict[str, object]] = {
+    409: {"model": ErrorRead, "description": "Not allowed in the current state."}
+}
+
+#: ``responses=`` of every endpoint behind :func:`~corral.api.auth.get_principal`: a request
+#: off the UNIX socket without a valid bearer token.
+UNAUTHENTICATED: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorRead, "description": "No valid bearer token."}
+}
+
+#: ``responses=`` of an endpoint that takes parameters: the answer when one is refused (it
+#: replaces FastAPI's ``HTTPValidationError``, which the app never sends).
+INVALID: dict[int | str, dict[str, object]] = {
+    422: {"model": ErrorRead, "description": "A parameter is not valid; `field` names it."}
+}
+
+#: ``responses=`` of a router whose endpoints all take parameters and a principal.
+ERRORS: dict[int | str, dict[str, object]] = UNAUTHENTICATED | INVALID

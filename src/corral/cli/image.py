@@ -42,6 +42,14 @@ def import_cmd(
             help="User that cloud-init gives the key to (default: from --os, e.g. debian)."
         ),
     ] = "",
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "--project",
+            metavar="NAME",
+            help="The project that owns it (default: default, whose images every project uses).",
+        ),
+    ] = None,
 ) -> None:
     """Import a file as a read-only qcow2 base image."""
     from corral.cli.progress import bar
@@ -60,6 +68,7 @@ def import_cmd(
             ready_marker,
             progress,
             ssh_user=ssh_user,
+            project=project,
         )
     render.out.print(
         f"image {view.name} imported from {view.source_format}: "
@@ -112,6 +121,7 @@ def info_cmd(
     render.fields(
         [
             ("Name", v.name),
+            ("Project", v.project),
             ("Format", f"{v.format} (imported from {v.source_format})"),
             ("Virtual size", render.size(v.virtual_size)),
             ("Disk size", render.size(v.actual_size)),

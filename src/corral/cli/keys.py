@@ -18,6 +18,15 @@ key_app = typer.Typer(
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Name = Annotated[str, typer.Argument(metavar="NAME", help="The key pair's name.")]
+Project = Annotated[
+    str | None,
+    typer.Option(
+        "--project",
+        metavar="NAME",
+        help="The project that owns it; launches in that project only may use it "
+        "(default: default).",
+    ),
+]
 
 
 def _created(iso: str) -> str:
@@ -38,12 +47,13 @@ def create_cmd(
             help="Private key file to write (default ~/.ssh/corral-NAME); must not exist."
         ),
     ] = None,
+    project: Project = None,
 ) -> None:
     """Create an ed25519 key pair; the private key is written once, to a new 0600 file."""
     from corral.compute.keys import create_key
 
     with open_corral() as ctx:
-        view, path = create_key(ctx, name, out)
+        view, path = create_key(ctx, name, out, project=project)
     say = render.out
     say.print(f"key pair {view.name} created ({view.kind})", markup=False)
     say.print(f"private key: {path} (mode 0600)", markup=False, soft_wrap=True)
@@ -70,6 +80,7 @@ def import_cmd(
             "if it exists). Only its path is recorded.",
         ),
     ] = None,
+    project: Project = None,
 ) -> None:
     """Import an OpenSSH public key (ed25519, ECDSA, RSA of 2048 bits or more, FIDO)."""
     from corral.compute.keys import (
@@ -82,9 +93,9 @@ def import_cmd(
     with open_corral() as ctx:
         if file == "-":
             text = decode_key_file(sys.stdin.buffer.read(MAX_KEY_TEXT + 1), "stdin")
-            view = import_key(ctx, name, text, private_key, field="stdin")
+            view = import_key(ctx, name, text, private_key, field="stdin", project=project)
         else:
-            view = import_key_file(ctx, name, Path(file), private_key)
+            view = import_key_file(ctx, name, Path(file), private_key, project=project)
     render.out.print(
         f"key pair {view.name} imported ({view.kind}, {view.fingerprint})", markup=False
     )
@@ -112,10 +123,11 @@ def list_cmd(json_: Json = False) -> None:
         return
     render.table(
         None,
-        ["Name", "Type", "Fingerprint", "Private Key", "Created"],
+        ["Name", "Project", "Type", "Fingerprint", "Private Key", "Created"],
         (
             [
                 v.name,
+                v.project,
                 v.kind,
                 v.fingerprint,
                 escape(v.private_key_path or "-"),
@@ -145,6 +157,7 @@ def show_cmd(name: Name, json_: Json = False) -> None:
     render.fields(
         [
             ("Name", v.name),
+            ("Project", v.project),
             ("Type", f"{v.kind} ({v.bits} bits)"),
             ("Fingerprint", v.fingerprint),
             ("Comment", escape(v.comment) or "-"),

@@ -51,6 +51,15 @@ def launch_cmd(
         ),
     ] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "--project",
+            metavar="NAME",
+            help="The project the instances go into, within its quota (default: default); "
+            "the key pair must be the project's, the image the project's or default's.",
+        ),
+    ] = None,
 ) -> None:
     """Launch instances: clone an image, install a key, boot, wait for SSH."""
     from corral.compute.launch import LaunchFailed, LaunchRequest, launch
@@ -75,6 +84,7 @@ def launch_cmd(
         wait=wait,
         timeout=timeout,
         isolated=isolated,
+        project=project,
     )
     with open_corral() as ctx, _display(json_) as progress:
         try:

@@ -47,6 +47,10 @@ app.command("serve")(serve_cmd)
 Name = Annotated[str, typer.Argument(metavar="NAME", help="The VM's name.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Return once the guest is ready.")]
+Project = Annotated[
+    str | None,
+    typer.Option("--project", metavar="NAME", help="The project (default: default)."),
+]
 
 
 @app.command("list")
@@ -55,21 +59,36 @@ def list_cmd(
         bool, typer.Option("--all", "-a", help="Include VMs that are not running.")
     ] = False,
     json_: Json = False,
+    project: Annotated[
+        str | None,
+        typer.Option("--project", metavar="NAME", help="Only the VMs of this project."),
+    ] = None,
 ) -> None:
-    """List VMs (running ones; --all for every VM)."""
+    """List VMs (running ones; --all for every VM) of every project, or of --project."""
     from corral.compute.inventory import list_vms
 
     with open_corral() as ctx:
-        views = list_vms(ctx, include_inactive=all_)
+        views = list_vms(ctx, include_inactive=all_, project=project)
     if json_:
         render.print_json([v.as_dict() for v in views])
         return
     render.table(
         None,
-        ["Name", "State", "vCPUs", "Memory", "Provisioned", "Used", "Host CPU", "Host Mem"],
+        [
+            "Name",
+            "Project",
+            "State",
+            "vCPUs",
+            "Memory",
+            "Provisioned",
+            "Used",
+            "Host CPU",
+            "Host Mem",
+        ],
         (
             [
                 v.name,
+                v.project,
                 render.state_text(v.state),
                 str(v.vcpus),
                 render.size(v.memory),
@@ -109,8 +128,10 @@ def create(
     ] = "bios",
     start: Annotated[bool, typer.Option("--start", help="Start it right away.")] = False,
     wait: Wait = False,
+    project: Project = None,
 ) -> None:
-    """Define a VM from an image (its root disk is a copy-on-write clone)."""
+    """Define a VM from an image (its root disk is a copy-on-write clone) in a project,
+    within its quota."""
     from corral.compute import lifecycle
     from corral.compute.define import CreateRequest
     from corral.compute.define import create as do_create
@@ -127,6 +148,7 @@ def create(
         forwards=tuple(forward or ()),
         vnc=vnc,
         firmware=firmware,
+        project=project,
     )
     with open_corral() as ctx:
         spec = do_create(ctx, req)
@@ -254,6 +276,7 @@ def info(name: Name, json_: Json = False) -> None:
     render.fields(
         [
             ("Name", v.name),
+            ("Project", v.project),
             ("UUID", v.uuid),
             ("State", f"{render.state_text(v.state)} ({v.reason})" if v.reason else v.state),
             ("vCPUs", str(v.vcpus)),

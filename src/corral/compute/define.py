@@ -1,4 +1,12 @@
-"""Defining and deleting VMs: the record, the directory and the disks, all or nothing."""
+"""Defining and deleting VMs: the record, the directory and the disks, all or nothing.
+
+A VM belongs to a project (``default`` unless told otherwise) and counts against its quota:
+one instance, its vCPUs, its memory and the provisioned size of its disks (a clone's virtual
+size: the size asked for, or its image's). The quota is checked twice: once before any disk
+is cloned (a quick refusal), and again, atomically with the insert of the record, under the
+project's lock (:func:`corral.access.quotas.reserving`), so that two concurrent creates that
+would each fit but not both never both succeed.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +20,12 @@ from typing import Any
 
 from sqlalchemy import select
 
+from corral.access.quotas import check_project_quota, demand_of, reserving
 from corral.compute import records
 from corral.compute.context import Corral
 from corral.compute.lifecycle import vm_lock
 from corral.compute.locks import ObjectLock
+from corral.compute.ownership import image_usable, resolve_project
 from corral.compute.state import Op, VmState, require
 from corral.errors import AlreadyExists, InvalidInput, NotFound
 from corral.spec import parse
@@ -47,6 +57,8 @@ class CreateRequest:
     #: Set on the VM's record: what ``corral launch`` knows of it (``instance_type``,
     #: ``keypair``, ``instance_id``, ``ssh_user``).
     record: dict[str, str | None] = field(default_factory=dict)
+    #: The project the VM goes into, by name; ``None`` is ``default``.
+    project: str | None = None
 
 
 _FORWARD = re.compile(
@@ -143,13 +155,16 @@ def check_name(name: str) -> None:
 
 
 def create(ctx: Corral, req: CreateRequest) -> VmSpec:
-    """Define a VM: clone its disks and record it in state ``defined``.
+    """Define a VM in ``req.project``: clone its disks and record it in state ``defined``.
 
     Nothing is left behind on failure: the directory and its disks go with the error.
 
     :raise InvalidInput: a field is wrong for the spec or the host.
     :raise AlreadyExists: the name is taken.
-    :raise NotFound: the image does not exist.
+    :raise NotFound: the project does not exist, or the image does not exist or is neither
+        the project's nor shared (in ``default``, see :mod:`corral.compute.ownership`).
+    :raise QuotaExceeded: the VM would take the project past a quota (naming it); checked
+        before any disk is cloned, and again atomically with the insert.
     """
     check_name(req.name)
     with ExitStack() as locks:
@@ -165,16 +180,19 @@ def _create_locked(ctx: Corral, req: CreateRequest) -> VmSpec:
     from corral.storage.disks import create_blank, create_clone
 
     with ctx.db.session() as session:
+        project_id = resolve_project(session, req.project).id
         if session.scalars(select(VmRow.id).where(VmRow.name == req.name)).first():
             raise AlreadyExists("vm", req.name)
         image = None
         if req.image is not None:
             image = session.scalars(select(ImageRow).where(ImageRow.name == req.image)).first()
-            if image is None:
+            if image is None or not image_usable(image.project_id, project_id):
                 raise NotFound("image", req.image)
     spec = build_spec(req, image)
     validate_spec(spec, ctx.caps)
     _check_ports_free(ctx, spec)
+    demand = demand_of(spec, {image.name: image.virtual_size} if image is not None else {})
+    check_project_quota(ctx, project_id, demand)
     paths = records.vm_paths(ctx, spec)
     root = Path(paths.root)
     # A directory without a record is what an interrupted create leaves; we hold the name.
@@ -188,11 +206,12 @@ def _create_locked(ctx: Corral, req: CreateRequest) -> VmSpec:
             else:
                 assert disk.size is not None
                 create_blank(Path(files.top.path), disk.size)
-        with ctx.db.session() as session:
+        with reserving(ctx, project_id, demand) as session:
             session.add(
                 VmRow(
                     id=str(spec.uuid),
                     name=spec.name,
+                    project_id=project_id,
                     spec=spec.model_dump_json(),
                     state=VmState.DEFINED.value,
                     image=req.image,

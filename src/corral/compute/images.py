@@ -1,4 +1,9 @@
-"""The image catalogue: base images (read-only qcow2) and how to boot them."""
+"""The image catalogue: base images (read-only qcow2) and how to boot them.
+
+An image belongs to a project (``default`` unless told otherwise). The images of ``default``
+are shared with every project; another project's are its own (see
+:mod:`corral.compute.ownership`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from sqlalchemy import select
 
 from corral.compute.context import Corral
 from corral.compute.locks import ObjectLock
+from corral.compute.ownership import project_name, project_names, resolve_project
 from corral.compute.records import IMAGE_FILE
 from corral.errors import AlreadyExists, InUse, InvalidInput, NotFound
 from corral.spec import parse
@@ -51,6 +57,8 @@ def default_login(os_hint: str) -> str:
 @dataclass(frozen=True)
 class ImageView:
     name: str
+    #: The name of the project that owns it (``default``: shared with every project).
+    project: str
     format: str
     source_format: str
     virtual_size: int
@@ -93,9 +101,10 @@ def _users(ctx: Corral, name: str) -> list[str]:
     return _users_by_image(ctx).get(name, [])
 
 
-def _view(row: ImageRow, users: list[str]) -> ImageView:
+def _view(row: ImageRow, users: list[str], project: str) -> ImageView:
     return ImageView(
         name=row.name,
+        project=project,
         format="qcow2",
         source_format=row.source_format,
         virtual_size=row.virtual_size,
@@ -125,13 +134,17 @@ def import_image(
     ready_marker: str | None = None,
     progress: Progress | None = None,
     ssh_user: str = "",
+    project: str | None = None,
 ) -> ImageView:
     """Import ``source`` as base image ``name``: verified, converted to qcow2, read-only.
 
     :param fmt: the source's format; detected (and verified) when ``None``.
     :param kernel: a kernel for direct boot, copied into the image's directory.
     :param ssh_user: the user cloud-init gives the key to; by default guessed from ``os_hint``.
+    :param project: the project it goes into, by name; ``None`` is ``default`` (shared with
+        every project).
     :raise InvalidInput: a bad name or boot option.
+    :raise NotFound: no such project.
     :raise AlreadyExists: the name is taken.
     :raise ImageError: the file is not an image corral accepts.
     """
@@ -156,6 +169,8 @@ def import_image(
         )
     with _lock(ctx, name):
         with ctx.db.session() as session:
+            owner = resolve_project(session, project)
+            project_id, owner_name = owner.id, owner.name
             if session.scalars(select(ImageRow.id).where(ImageRow.name == name)).first():
                 raise AlreadyExists("image", name)
         directory = ctx.home.image_dir(name)
@@ -184,30 +199,36 @@ def import_image(
                 cmdline=cmdline,
                 ready_marker=ready_marker,
                 ssh_user=ssh_user,
+                project_id=project_id,
             )
             with ctx.db.session() as session:
                 session.add(row)
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        return _view(row, [])
+        return _view(row, [], owner_name)
 
 
 def list_images(ctx: Corral) -> list[ImageView]:
     """All base images by name, each with the VMs cloned from it."""
     with ctx.db.session() as session:
         rows = list(session.scalars(select(ImageRow).order_by(ImageRow.name)))
+        names = project_names(session)
     users = _users_by_image(ctx)
-    return [_view(row, users.get(row.name, [])) for row in rows]
+    return [
+        _view(row, users.get(row.name, []), names.get(row.project_id, row.project_id))
+        for row in rows
+    ]
 
 
 def get_image(ctx: Corral, name: str) -> ImageView:
     """:raise NotFound: no image is called ``name``."""
     with ctx.db.session() as session:
         row = session.scalars(select(ImageRow).where(ImageRow.name == name)).first()
-    if row is None:
-        raise NotFound("image", name)
-    return _view(row, _users(ctx, name))
+        if row is None:
+            raise NotFound("image", name)
+        project = project_name(session, row.project_id)
+    return _view(row, _users(ctx, name), project)
 
 
 def delete_image(ctx: Corral, name: str) -> None:

@@ -14,11 +14,12 @@ from sqlalchemy import select
 from corral.compute import records
 from corral.compute.context import Corral
 from corral.compute.lifecycle import vm_lock
+from corral.compute.ownership import project_names, resolve_project
 from corral.compute.records import Vm
 from corral.compute.state import VmState
 from corral.errors import CorralError
 from corral.qemu import process
-from corral.store.models import VmRow
+from corral.store.models import ProjectRow, VmRow
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class VmView:
     """One row of the VM list; ``info`` shows the same with its disks and files."""
 
     name: str
+    #: The name of the project it belongs to.
+    project: str
     uuid: str
     state: str
     reason: str
@@ -89,8 +92,11 @@ def _cpu_percent(vm: Vm, proc: process.QemuProcess, usage: process.Usage) -> flo
     return 100.0 * usage.cpu_seconds / age if age > 0 else 0.0
 
 
-def view(vm: Vm) -> VmView:
-    """The view of one VM as recorded (call :func:`records.reconcile` first for the truth)."""
+def view(vm: Vm, project: str) -> VmView:
+    """The view of one VM as recorded (call :func:`records.reconcile` first for the truth).
+
+    :param project: the name of its project.
+    """
     from corral.storage.disks import disk_usage
 
     disks = []
@@ -130,6 +136,7 @@ def view(vm: Vm) -> VmView:
         )
     return VmView(
         name=row.name,
+        project=project,
         uuid=str(vm.spec.uuid),
         state=row.state,
         reason=row.reason,
@@ -172,17 +179,27 @@ def _reconciled(ctx: Corral, vm: Vm, ask_monitor: bool) -> None:
             lock.release()
 
 
-def list_vms(ctx: Corral, include_inactive: bool = False) -> list[VmView]:
-    """VMs by name: the active ones, or all with ``include_inactive``."""
+def list_vms(
+    ctx: Corral, include_inactive: bool = False, project: str | None = None
+) -> list[VmView]:
+    """VMs by name: the active ones, or all with ``include_inactive``.
+
+    :param project: only the VMs of this project (by name); ``None`` for every project.
+    :raise NotFound: there is no project ``project``.
+    """
     out = []
     with ctx.db.session() as session:
-        for row in session.scalars(select(VmRow).order_by(VmRow.name)):
+        query = select(VmRow).order_by(VmRow.name)
+        if project is not None:
+            query = query.where(VmRow.project_id == resolve_project(session, project).id)
+        names = project_names(session)
+        for row in session.scalars(query):
             if not (include_inactive or _needs_reconcile(row)):
                 continue  # inactive and nothing to reconcile: not listed, its spec not parsed
             vm = records.wrap(ctx, row)
             _reconciled(ctx, vm, ask_monitor=False)
             if include_inactive or vm.state.active:
-                out.append(view(vm))
+                out.append(view(vm, names.get(row.project_id, row.project_id)))
     return out
 
 
@@ -196,7 +213,8 @@ def info(ctx: Corral, name: str, ask_monitor: bool = True) -> VmView:
     with ctx.db.session() as session:
         vm = records.load(ctx, session, name)
         _reconciled(ctx, vm, ask_monitor=ask_monitor)
-        return view(vm)
+        project = session.get(ProjectRow, vm.row.project_id)
+        return view(vm, project.name if project is not None else vm.row.project_id)
 
 
 def state_of(ctx: Corral, name: str) -> VmState:

@@ -10,7 +10,9 @@ Decisions:
 * the same public key may be recorded under several names, as EC2 allows: a name is what a
   launch refers to, and two names for one key harm nothing;
 * :func:`delete_key` removes the record only; the private key file stays where it is, and
-  instances launched with the key keep it in their ``authorized_keys``.
+  instances launched with the key keep it in their ``authorized_keys``;
+* a key pair belongs to one project (``default`` unless told otherwise), and a launch installs
+  only its own project's key pairs (see :mod:`corral.compute.ownership`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from corral.compute.context import Corral
 from corral.compute.locks import ObjectLock
+from corral.compute.ownership import project_name, project_names, resolve_project
 from corral.errors import AlreadyExists, InvalidInput, NotFound
 from corral.spec.keys import (
     KEY_NAME_PATTERN,
@@ -49,6 +52,8 @@ class KeyPairView:
     """A recorded key pair, as listings and ``show`` present it."""
 
     name: str
+    #: The name of the project that owns it.
+    project: str
     #: The key type as OpenSSH names it (``ssh-ed25519``).
     kind: str
     bits: int
@@ -74,13 +79,14 @@ def _lock(ctx: Corral, name: str) -> ObjectLock:
     return ObjectLock(ctx.home.locks, "keypair", name)
 
 
-def _view(row: KeyPairRow) -> KeyPairView:
+def _view(row: KeyPairRow, project: str) -> KeyPairView:
     try:
         bits = parse_public_key(row.public_key).bits
     except InvalidInput:  # recorded under rules that have since become stricter
         bits = 0
     return KeyPairView(
         name=row.name,
+        project=project,
         kind=row.kind,
         bits=bits,
         fingerprint=row.fingerprint,
@@ -100,11 +106,28 @@ def _exists(ctx: Corral, name: str) -> bool:
         )
 
 
-def _record(ctx: Corral, name: str, key: PublicKey, private_key_path: str | None) -> KeyPairView:
+def _project(ctx: Corral, project: str | None) -> tuple[str, str]:
+    """The id and name of ``project`` (``None`` is ``default``).
+
+    :raise NotFound: there is no such project.
+    """
+    with ctx.db.session() as session:
+        row = resolve_project(session, project)
+        return row.id, row.name
+
+
+def _record(
+    ctx: Corral,
+    name: str,
+    key: PublicKey,
+    private_key_path: str | None,
+    project: tuple[str, str],
+) -> KeyPairView:
     """Insert the row (the caller holds the name's lock and checked it is free)."""
     row = KeyPairRow(
         id=str(uuid.uuid4()),
         name=name,
+        project_id=project[0],
         kind=key.kind,
         public_key=key.line,
         fingerprint=key.fingerprint,
@@ -116,7 +139,7 @@ def _record(ctx: Corral, name: str, key: PublicKey, private_key_path: str | None
             session.add(row)
     except IntegrityError:
         raise AlreadyExists("key pair", name) from None
-    return _view(row)
+    return _view(row, project[1])
 
 
 def check_private_key_path(path: Path, field: str = "private_key") -> Path:
@@ -160,6 +183,7 @@ def import_key(
     public_key_text: str,
     private_key_path: Path | None = None,
     field: str = "public_key",
+    project: str | None = None,
 ) -> KeyPairView:
     """Record a public key under ``name``; nothing is recorded if anything is wrong.
 
@@ -167,28 +191,37 @@ def import_key(
     :param private_key_path: where the matching private key is, for ``corral ssh``; it must
         be a regular file, whose content is never read.
     :param field: what errors about the key name (the file it came from).
+    :param project: the project it goes into, by name; ``None`` is ``default``.
     :raise InvalidInput: a bad name, public key or private key path.
+    :raise NotFound: no such project.
     :raise AlreadyExists: a key pair already has that name.
     """
     check_key_name(name)
     key = parse_public_key(public_key_text, field)
     private = None if private_key_path is None else check_private_key_path(private_key_path)
+    owner = _project(ctx, project)
     with _lock(ctx, name):
         if _exists(ctx, name):
             raise AlreadyExists("key pair", name)
-        return _record(ctx, name, key, None if private is None else str(private))
+        return _record(ctx, name, key, None if private is None else str(private), owner)
 
 
 def import_key_file(
-    ctx: Corral, name: str, file: Path, private_key_path: Path | None = None
+    ctx: Corral,
+    name: str,
+    file: Path,
+    private_key_path: Path | None = None,
+    project: str | None = None,
 ) -> KeyPairView:
     """Record the public key in ``file`` under ``name``.
 
     Without ``private_key_path``, a ``file`` named ``X.pub`` next to a regular file ``X``
     records ``X`` as the private key (what ``ssh-keygen`` writes).
 
+    :param project: the project it goes into, by name; ``None`` is ``default``.
     :raise InvalidInput: the file is missing or not one acceptable public key (the error names
         the file), or a bad name or private key path.
+    :raise NotFound: no such project.
     :raise AlreadyExists: a key pair already has that name.
     """
     check_key_name(name)
@@ -206,18 +239,22 @@ def import_key_file(
         companion = file.with_name(file.name.removesuffix(".pub"))
         if companion.is_file():
             private_key_path = companion
-    return import_key(ctx, name, text, private_key_path, field=str(file))
+    return import_key(ctx, name, text, private_key_path, field=str(file), project=project)
 
 
-def create_key(ctx: Corral, name: str, out: Path | None = None) -> tuple[KeyPairView, Path]:
+def create_key(
+    ctx: Corral, name: str, out: Path | None = None, project: str | None = None
+) -> tuple[KeyPairView, Path]:
     """Create an ed25519 key pair: the private key written once to a new 0600 file.
 
     The private key goes to ``out`` (default :func:`default_private_key_path`, creating
     ``~/.ssh`` with mode 0700 if needed) and the public key to ``<out>.pub``; neither file is
     ever overwritten. All or nothing: if recording fails, the files are removed.
 
+    :param project: the project it goes into, by name; ``None`` is ``default``.
     :return: the recorded key pair and the private key's path.
     :raise InvalidInput: a bad name, or a file that exists or cannot be written (``out``).
+    :raise NotFound: no such project (checked before any file is written).
     :raise AlreadyExists: a key pair already has that name.
     """
     from cryptography.hazmat.primitives import serialization
@@ -226,6 +263,7 @@ def create_key(ctx: Corral, name: str, out: Path | None = None) -> tuple[KeyPair
     check_key_name(name)
     path = default_private_key_path(name) if out is None else out.expanduser().absolute()
     public_path = path.with_name(path.name + ".pub")
+    owner = _project(ctx, project)
     with _lock(ctx, name):
         if _exists(ctx, name):
             raise AlreadyExists("key pair", name)
@@ -252,7 +290,7 @@ def create_key(ctx: Corral, name: str, out: Path | None = None) -> tuple[KeyPair
             written.append(path)
             _write_new(public_path, (key.line + "\n").encode(), 0o644)
             written.append(public_path)
-            view = _record(ctx, name, key, str(path))
+            view = _record(ctx, name, key, str(path), owner)
         except BaseException:
             for done in written:
                 done.unlink(missing_ok=True)
@@ -305,16 +343,17 @@ def list_keys(ctx: Corral) -> list[KeyPairView]:
     """Every recorded key pair, by name."""
     with ctx.db.session() as session:
         rows = list(session.scalars(select(KeyPairRow).order_by(KeyPairRow.name)))
-    return [_view(row) for row in rows]
+        names = project_names(session)
+    return [_view(row, names.get(row.project_id, row.project_id)) for row in rows]
 
 
 def get_key(ctx: Corral, name: str) -> KeyPairView:
     """:raise NotFound: no key pair is called ``name``."""
     with ctx.db.session() as session:
         row = session.scalars(select(KeyPairRow).where(KeyPairRow.name == name)).first()
-    if row is None:
-        raise NotFound("key pair", name)
-    return _view(row)
+        if row is None:
+            raise NotFound("key pair", name)
+        return _view(row, project_name(session, row.project_id))
 
 
 def delete_key(ctx: Corral, name: str) -> KeyPairView:
@@ -329,6 +368,6 @@ def delete_key(ctx: Corral, name: str) -> KeyPairView:
         row = session.scalars(select(KeyPairRow).where(KeyPairRow.name == name)).first()
         if row is None:
             raise NotFound("key pair", name)
-        view = _view(row)
+        view = _view(row, project_name(session, row.project_id))
         session.delete(row)
     return view

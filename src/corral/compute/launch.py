@@ -3,18 +3,25 @@
 A launch runs in two stages:
 
 1. **Check, then make** (all or nothing). Everything that can be refused is checked before
-   anything is created: names, image, type, key pair, disk size, user-data (parsed, merged
-   and checked by ``cloud-init schema``) and the host's free memory, disk and CPUs for all
-   instances together. Then each instance is made in parallel: its root disk cloned and
-   grown to the type's size with a loopback port forwarded to its port 22 (``clone``), its
-   NoCloud seed written (``seed``) and its QEMU started (``start``). If any instance fails
+   anything is created: names, project, image, type, key pair, disk size, the project's
+   quota for all instances together, user-data (parsed, merged and checked by
+   ``cloud-init schema``) and the host's free memory, disk and CPUs for all instances.
+   Then each instance is made in parallel: its root disk cloned and grown to the type's
+   size with a loopback port forwarded to its port 22 (``clone``), its NoCloud seed
+   written (``seed``) and its QEMU started (``start``). If any instance fails
    here, every instance of the launch is destroyed and deleted: no disk, seed, port
-   reservation or process is left.
+   reservation or process is left. Each instance's record is inserted under the project's
+   quota lock (see :mod:`corral.compute.define`): a concurrent create that took the room
+   in the meantime makes the launch fail here, and roll back, rather than exceed the quota.
 2. **Wait** (in parallel): for the image's ready marker on the serial console (``boot``),
    then for the SSH server's banner on the forwarded port (``ready``); the host keys the
    guest printed go to the VM's own known_hosts. An instance that is not ready by the
    deadline stays as it is, running, for the user to inspect or delete; the error carries
    its last console lines.
+
+Instances go into the launch's project (``default`` unless told otherwise); the image must be
+the project's or shared (in ``default``) and the key pair the project's own (the rules are
+in :mod:`corral.compute.ownership`).
 """
 
 from __future__ import annotations
@@ -82,6 +89,8 @@ class LaunchRequest:
     timeout: float = READY_TIMEOUT
     #: Cut the guest off from the host and the outside; only the SSH forward reaches it.
     isolated: bool = False
+    #: The project the instances go into, by name; ``None`` is ``default``.
+    project: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,8 @@ class _Plan:
     """Everything checked; what each instance is made from."""
 
     names: list[str]
+    #: The project's name.
+    project: str
     image: ImageView
     itype: InstanceType
     key: KeyPairView
@@ -184,17 +195,21 @@ def plan(ctx: Corral, req: LaunchRequest) -> _Plan:
     """Check a launch without making anything.
 
     :raise InvalidInput: a bad name, count, disk size or user-data (naming the field).
-    :raise NotFound: no such image, instance type or key pair.
+    :raise NotFound: no such project, instance type, image (or not usable in the project) or
+        key pair (or not the project's).
     :raise AlreadyExists: an instance name is taken.
+    :raise QuotaExceeded: all instances together would take the project past a quota.
     :raise InsufficientCapacity: the host lacks memory, disk or CPUs for all instances.
     """
     from sqlalchemy import select
 
+    from corral.access.quotas import Demand, check_project_quota
     from corral.cloudinit.render import SeedRequest, check_request
     from corral.compute.images import get_image
     from corral.compute.keys import get_key
+    from corral.compute.ownership import image_usable, resolve_project
     from corral.compute.types import get_type
-    from corral.store.models import VmRow
+    from corral.store.models import ImageRow, KeyPairRow, VmRow
 
     names = instance_names(req.name, req.count)
     for name in names:  # a VM name may end in '-'; a host name may not
@@ -202,11 +217,22 @@ def plan(ctx: Corral, req: LaunchRequest) -> _Plan:
             check_request(SeedRequest(instance_id="i-0000000000000000", hostname=name))
         except InvalidInput as exc:
             raise InvalidInput("name", exc.reason) from None
+    with ctx.db.session() as session:
+        project = resolve_project(session, req.project)
+        image_owner = session.scalars(
+            select(ImageRow.project_id).where(ImageRow.name == req.image)
+        ).first()
+        key_owner = session.scalars(
+            select(KeyPairRow.project_id).where(KeyPairRow.name == req.keypair)
+        ).first()
+        taken = list(session.scalars(select(VmRow.name).where(VmRow.name.in_(names))))
+    if image_owner is None or not image_usable(image_owner, project.id):
+        raise NotFound("image", req.image)
     image = get_image(ctx, req.image)
     itype = get_type(ctx.home, req.instance_type)
+    if key_owner != project.id:
+        raise NotFound("key pair", req.keypair)
     key = get_key(ctx, req.keypair)
-    with ctx.db.session() as session:
-        taken = list(session.scalars(select(VmRow.name).where(VmRow.name.in_(names))))
     if taken:
         raise AlreadyExists("vm", taken[0])
     disk = itype.disk
@@ -222,13 +248,26 @@ def plan(ctx: Corral, req: LaunchRequest) -> _Plan:
             f"{format_size(disk)} of disk is smaller than image {image.name!r} "
             f"({format_size(image.virtual_size)}); choose a larger type or --disk-size",
         )
+    count = len(names)
+    memory = _memory_mib(itype) * MIB  # what each instance's spec holds
+    check_project_quota(
+        ctx, project.id, Demand(count, count * itype.vcpus, count * memory, count * disk)
+    )
     user_data = req.user_data
     if user_data is not None:
         _check_user_data(ctx, user_data, key.public_key)
     settings = load_settings(ctx.home)
-    demand = capacity.Demand(len(names), itype.vcpus, itype.memory, disk)
+    demand = capacity.Demand(count, itype.vcpus, itype.memory, disk)
     capacity.check(demand, capacity.host_free(ctx.home.vms), settings.capacity)
-    return _Plan(names, image, itype, key, disk, image.ssh_user, user_data)
+    return _Plan(names, project.name, image, itype, key, disk, image.ssh_user, user_data)
+
+
+#: Bytes in a MiB: instance types' memory goes into specs in whole MiB.
+MIB = 1024 * 1024
+
+
+def _memory_mib(itype: InstanceType) -> int:
+    return itype.memory // MIB
 
 
 def _check_user_data(ctx: Corral, text: str, public_key: str) -> None:
@@ -343,7 +382,7 @@ def _make(
                 name=name,
                 image=checked.image.name,
                 vcpus=checked.itype.vcpus,
-                memory=checked.itype.memory // (1024 * 1024),
+                memory=_memory_mib(checked.itype),
                 disk_size=checked.disk,
                 extra={"seed": True, "nics": [_nic(port, req.isolated)]},
                 record={
@@ -352,6 +391,7 @@ def _make(
                     "instance_id": instance_id,
                     "ssh_user": checked.user,
                 },
+                project=checked.project,
             )
             spec = create(ctx, create_req)
             with made_lock:

@@ -1,5 +1,5 @@
 """Tables of corral's state: VMs, images and key pairs (specs stored as JSON); projects,
-users, their memberships and API tokens, quotas and the audit log.
+users, their memberships and API tokens, quotas, the audit log and tasks.
 
 Every VM, image and key pair belongs to a project; the project ``default`` (id
 :data:`DEFAULT_PROJECT_ID`) is made by migration 0003 and owns whatever is created without a
@@ -257,3 +257,53 @@ class AuditRow(Base):
     outcome: Mapped[str] = mapped_column(String(63))
     #: JSON object with what else there is to know (the role given, the error's message).
     detail: Mapped[str] = mapped_column(Text, default="{}")
+
+
+#: The statuses a task may have; the last three are final.
+TASK_STATUSES = ("queued", "running", "success", "error", "cancelled")
+
+
+class TaskRow(Base):
+    """One long operation (``vm.start``, ``vm.delete``...): who asked, how far it got, how it
+    ended.
+
+    Target and project by value, not foreign key: a task outlives the VM it deleted.
+    """
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'success', 'error', 'cancelled')",
+            name="ck_tasks_status",
+        ),
+        CheckConstraint("progress BETWEEN 0 AND 100", name="ck_tasks_progress"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    #: ``<kind>.<verb>``: ``vm.start``.
+    name: Mapped[str] = mapped_column(String(63))
+    target_kind: Mapped[str] = mapped_column(String(32))
+    target_name: Mapped[str] = mapped_column(String(255))
+    #: The target's project (``None`` for what belongs to none: only admins see it).
+    project_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    #: One of :data:`TASK_STATUSES`.
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    #: Percent done, 0-100.
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    #: What it is doing now, or what it did.
+    detail: Mapped[str] = mapped_column(Text, default="")
+    #: Why it ended as ``error`` (the error's message).
+    error: Mapped[str | None] = mapped_column(Text)
+    #: A user's name, or ``local:<uid>`` for the local administrator.
+    initiated_by: Mapped[str] = mapped_column(String(80))
+    requested_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Whether the operation may be cancelled while it runs (any task may be while queued).
+    cancellable: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The corrald instance that runs it; another instance finding it unfinished knows it
+    #: was interrupted.
+    daemon_id: Mapped[str] = mapped_column(String(36))

@@ -8,9 +8,14 @@ from fastapi import APIRouter, Depends
 
 from corral.api.auth import get_principal
 from corral.api.deps import CorralDep
-from corral.api.schemas import HostSummary
+from corral.api.schemas import UNAUTHENTICATED, HostSummary
 
-router = APIRouter(prefix="/host", tags=["host"], dependencies=[Depends(get_principal)])
+router = APIRouter(
+    prefix="/host",
+    tags=["host"],
+    dependencies=[Depends(get_principal)],
+    responses=UNAUTHENTICATED,
+)
 
 
 @router.get("")

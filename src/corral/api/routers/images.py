@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.routers.paging import Limit, Offset, page
-from corral.api.schemas import NOT_FOUND, ImageRead, Page
+from corral.api.schemas import ERRORS, NOT_FOUND, ImageRead, Page
 from corral.api.tenancy import require_visible, visible_names
 from corral.compute.images import ImageView
+from corral.spec.vm import NAME_PATTERN
 
-router = APIRouter(prefix="/images", tags=["images"])
+router = APIRouter(prefix="/images", tags=["images"], responses=ERRORS)
+
+ImageName = Annotated[str, Path(pattern=NAME_PATTERN, description="The image's name.")]
 
 
 def image_read(view: ImageView, vms: set[str]) -> ImageRead:
     """The wire form of an image; of the VMs using it, only those in ``vms`` are named."""
     return ImageRead(
         name=view.name,
+        project=view.project,
         format=view.format,
         source_format=view.source_format,
         virtual_size=view.virtual_size,
@@ -47,7 +53,7 @@ def list_images(
 
 
 @router.get("/{name}", responses=NOT_FOUND)
-def get_image(ctx: CorralDep, principal: PrincipalDep, name: str) -> ImageRead:
+def get_image(ctx: CorralDep, principal: PrincipalDep, name: ImageName) -> ImageRead:
     """One base image."""
     from corral.compute.images import get_image as do_get
     from corral.store.models import ImageRow, VmRow

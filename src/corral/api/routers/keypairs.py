@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.routers.paging import Limit, Offset, page
-from corral.api.schemas import NOT_FOUND, KeyPairRead, Page
+from corral.api.schemas import ERRORS, NOT_FOUND, KeyPairRead, Page
 from corral.api.tenancy import require_visible, visible_names
 from corral.compute.keys import KeyPairView
+from corral.spec.keys import KEY_NAME_PATTERN
 
-router = APIRouter(prefix="/keypairs", tags=["key pairs"])
+router = APIRouter(prefix="/keypairs", tags=["key pairs"], responses=ERRORS)
+
+KeyName = Annotated[str, Path(pattern=KEY_NAME_PATTERN, description="The key pair's name.")]
 
 
 def keypair_read(view: KeyPairView) -> KeyPairRead:
     return KeyPairRead(
         name=view.name,
+        project=view.project,
         kind=view.kind,
         bits=view.bits,
         fingerprint=view.fingerprint,
@@ -39,7 +45,7 @@ def list_keypairs(
 
 
 @router.get("/{name}", responses=NOT_FOUND)
-def get_keypair(ctx: CorralDep, principal: PrincipalDep, name: str) -> KeyPairRead:
+def get_keypair(ctx: CorralDep, principal: PrincipalDep, name: KeyName) -> KeyPairRead:
     """One key pair."""
     from corral.compute.keys import get_key
     from corral.store.models import KeyPairRow

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
 
 from corral.api.auth import get_principal
 from corral.api.deps import CorralDep
 from corral.api.routers.paging import Limit, Offset, page
-from corral.api.schemas import NOT_FOUND, InstanceTypeRead, Page
+from corral.api.schemas import ERRORS, NOT_FOUND, InstanceTypeRead, Page
+from corral.spec.cloud import TYPE_NAME_PATTERN
 
 router = APIRouter(
-    prefix="/instance-types", tags=["instance types"], dependencies=[Depends(get_principal)]
+    prefix="/instance-types",
+    tags=["instance types"],
+    dependencies=[Depends(get_principal)],
+    responses=ERRORS,
 )
+
+TypeName = Annotated[
+    str, Path(pattern=TYPE_NAME_PATTERN, description="The type's name: `t1.micro`...")
+]
 
 
 def _read(itype: object) -> InstanceTypeRead:
@@ -39,7 +49,7 @@ def list_types(ctx: CorralDep, limit: Limit = 100, offset: Offset = 0) -> Page[I
 
 
 @router.get("/{name}", responses=NOT_FOUND)
-def get_type(ctx: CorralDep, name: str) -> InstanceTypeRead:
+def get_type(ctx: CorralDep, name: TypeName) -> InstanceTypeRead:
     """One instance type."""
     from corral.compute.types import get_type as do_get
 

@@ -1,0 +1,108 @@
+"""``kill -9`` of corrald with a running VM, then a new corrald: the guest never noticed.
+
+QEMU runs detached from the daemon; the new daemon finds the VM running under the same QEMU
+PID, controls it (pause, resume, destroy through tasks) and has lost no record.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from corral.compute.context import Corral
+from corral.compute.define import CreateRequest, create
+from corral.compute.reference import ensure_reference
+from corral.config import Home
+
+pytestmark = [pytest.mark.tcg]
+
+CORRAL = str(Path(sys.executable).with_name("corral"))
+FINAL = {"success", "error", "cancelled"}
+
+
+def corral(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CORRAL, *args],
+        env=dict(os.environ, CORRAL_HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="cr9-", dir="/tmp"))
+    ctx = Corral(Home(root))
+    ensure_reference(ctx)
+    create(ctx, CreateRequest(name="survivor", image="reference", memory="128M"))
+    ctx.close()
+    yield root
+    corral(root, "destroy", "survivor")
+    corral(root, "serve", "--stop")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def client(home: Path) -> httpx.Client:
+    transport = httpx.HTTPTransport(uds=str(home / "corrald.sock"))
+    return httpx.Client(transport=transport, base_url="http://corrald/api/v1", timeout=60)
+
+
+def run_task(api: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    """Ask for an action (202), then poll its task until it ends (with a deadline)."""
+    answer = api.request(method, path, **kwargs)
+    assert answer.status_code == 202, answer.text
+    task_id = answer.json()["id"]
+    deadline = time.monotonic() + 120
+    while True:
+        task: dict[str, Any] = api.get(f"/tasks/{task_id}").json()
+        if task["status"] in FINAL:
+            return task
+        assert time.monotonic() < deadline, f"task {task_id} still {task['status']}"
+        time.sleep(0.05)
+
+
+def test_kill_9_and_restart_readopts_the_guest(home: Path) -> None:
+    assert corral(home, "serve", "--detach").returncode == 0
+    with client(home) as api:
+        started = run_task(api, "POST", "/vms/survivor/start", json={"wait": True})
+        assert started["status"] == "success", started
+        before = api.get("/vms/survivor").json()
+        assert before["state"] == "running"
+    qemu_pid = before["pid"]
+    daemon_pid = int((home / "corrald.pid").read_text())
+
+    os.kill(daemon_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{daemon_pid}").exists():
+        assert time.monotonic() < deadline, "corrald survived SIGKILL"
+        time.sleep(0.02)
+    assert Path(f"/proc/{qemu_pid}").exists(), "the guest died with the daemon"
+
+    # The killed daemon left its socket and pidfile; a new one replaces them.
+    again = corral(home, "serve", "--detach")
+    assert again.returncode == 0, again.stderr
+    with client(home) as api:
+        after = api.get("/vms/survivor").json()
+        assert after["state"] == "running"
+        assert after["pid"] == qemu_pid
+        assert after["created_at"] == before["created_at"]
+        assert run_task(api, "POST", "/vms/survivor/pause")["status"] == "success"
+        assert api.get("/vms/survivor").json()["state"] == "paused"
+        assert run_task(api, "POST", "/vms/survivor/resume")["status"] == "success"
+        assert run_task(api, "POST", "/vms/survivor/destroy")["status"] == "success"
+        assert api.get("/vms/survivor").json()["state"] == "shutoff"
+    assert not Path(f"/proc/{qemu_pid}").exists()

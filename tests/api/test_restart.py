@@ -106,3 +106,24 @@ def test_kill_9_and_restart_readopts_the_guest(home: Path) -> None:
         assert run_task(api, "POST", "/vms/survivor/destroy")["status"] == "success"
         assert api.get("/vms/survivor").json()["state"] == "shutoff"
     assert not Path(f"/proc/{qemu_pid}").exists()
+
+
+def test_task_cli_starts_the_daemon_and_shows_tasks(home: Path) -> None:
+    """``corral task list`` with no daemon running starts one; it then shows the API's tasks."""
+    assert not (home / "corrald.sock").exists()
+    empty = corral(home, "task", "list", "--json")
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout.strip() == "[]"
+    assert (home / "corrald.sock").exists()
+    with client(home) as api:
+        task = run_task(api, "POST", "/vms/survivor/start")
+    assert task["status"] == "success"
+    listed = corral(home, "task", "list")
+    assert listed.returncode == 0 and "vm.start" in listed.stdout and "success" in listed.stdout
+    shown = corral(home, "task", "show", task["id"][:8], "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert '"status": "success"' in shown.stdout
+    refused = corral(home, "task", "cancel", task["id"])
+    assert refused.returncode == 1 and "error:" in refused.stderr
+    missing = corral(home, "task", "show", "ffffffff")
+    assert missing.returncode == 2

@@ -16,6 +16,7 @@ from corral.api.schemas import (
     InstanceTypeRead,
     KeyPairRead,
     Page,
+    TaskRead,
     VmRead,
 )
 from corral.errors import CorralError, HostError
@@ -94,6 +95,15 @@ class Client:
             raise _error(answer)
         return model.model_validate(answer.json())
 
+    def _post(self, path: str, model: type[M], body: object = None) -> M:
+        try:
+            answer = self._http.post(PREFIX + path, json=body)
+        except httpx.TransportError as exc:
+            raise HostError(f"cannot reach corrald: {exc}") from exc
+        if answer.status_code >= 400:
+            raise _error(answer)
+        return model.model_validate(answer.json())
+
     # -- resources -----------------------------------------------------------------------------
 
     def host(self) -> HostSummary:
@@ -131,6 +141,36 @@ class Client:
 
     def get_keypair(self, name: str) -> KeyPairRead:
         return self._get(f"/keypairs/{_segment(name)}", KeyPairRead)
+
+
+    def list_tasks(
+        self,
+        status: str | None = None,
+        name: str | None = None,
+        target_name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page[TaskRead]:
+        return self._get(
+            "/tasks",
+            Page[TaskRead],
+            status=status,
+            name=name,
+            target_name=target_name,
+            limit=limit,
+            offset=offset,
+        )
+
+    def get_task(self, task_id: str) -> TaskRead:
+        return self._get(f"/tasks/{_segment(task_id)}", TaskRead)
+
+    def cancel_task(self, task_id: str) -> TaskRead:
+        return self._post(f"/tasks/{_segment(task_id)}/cancel", TaskRead)
+
+    def vm_action(self, name: str, action: str, wait: bool = False) -> TaskRead:
+        """``start``, ``stop``, ``destroy``, ``pause``, ``resume`` or ``reboot``: the task."""
+        body = {"wait": wait} if wait else None
+        return self._post(f"/vms/{_segment(name)}/{_segment(action)}", TaskRead, body)
 
 
 def _segment(name: str) -> str:

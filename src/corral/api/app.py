@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from corral import __version__
-from corral.api.routers import host, images, keypairs, tasks, types, vms
+from corral.api.routers import events as events_router
+from corral.api.routers import host, images, keypairs, launch, tasks, types, vms
 from corral.api.schemas import ErrorRead
 from corral.compute.context import Corral
 from corral.errors import CorralError, InvalidInput
@@ -38,16 +39,25 @@ def create_app(ctx: Corral) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from starlette.concurrency import run_in_threadpool
 
+        from corral.compute.events import Broker, Watcher
         from corral.compute.tasks import TaskPool, recover
 
+        broker = Broker()
+        broker.attach_tasks(ctx)
         pool = TaskPool(ctx)
         await run_in_threadpool(recover, ctx, pool.daemon_id)
+        watcher = Watcher(ctx, broker)
+        await run_in_threadpool(watcher.start)
         app.state.tasks = pool
+        app.state.events = broker
         try:
             yield
         finally:
             app.state.tasks = None
             await run_in_threadpool(pool.shutdown)
+            await run_in_threadpool(watcher.stop)
+            app.state.events = None
+            broker.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -60,8 +70,9 @@ def create_app(ctx: Corral) -> FastAPI:
         redoc_url=None,
     )
     app.state.corral = ctx
-    for module in (host, vms, images, types, keypairs, tasks):
+    for module in (host, vms, launch, images, types, keypairs, tasks):
         app.include_router(module.router, prefix=PREFIX)
+    app.include_router(events_router.router, prefix=PREFIX)
     app.add_exception_handler(CorralError, _corral_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
@@ -85,7 +96,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     loc = [str(part) for part in first.get("loc", ())]
-    if loc and loc[0] in ("body", "query", "path"):
+    if loc and loc[0] in ("body", "query", "path", "header"):
         loc = loc[1:]
     field = ".".join(loc) or "request"
     reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")

@@ -148,6 +148,59 @@ class VmActionCreate(BaseModel):
     )
 
 
+class VmCreate(BaseModel):
+    """A VM to define (``POST /vms``): what ``corral create`` takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=63, description="The VM's name: lower-case letters, digits, '-'.")
+    image: str | None = Field(
+        default=None,
+        max_length=255,
+        description="The image its root disk is cloned from; none for a blank disk.",
+    )
+    vcpus: int = Field(default=1, ge=1, le=1024)
+    memory: str | int = Field(default="512M", description="Guest memory: bytes, or '512M'.")
+    disk_size: str | int | None = Field(
+        default=None, description="Root disk's virtual size (grows the image's); none keeps it."
+    )
+    forwards: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Host port forwards: [tcp|udp:][ADDR:]HOSTPORT:GUESTPORT.",
+    )
+    project: str = Field(default="default", max_length=63, description="The project, by name.")
+    machine: str = Field(default="pc", max_length=63, description="QEMU machine type.")
+    firmware: Literal["bios", "uefi"] = Field(
+        default="bios", description="Firmware, for images that boot from disk."
+    )
+
+
+class LaunchCreate(BaseModel):
+    """Instances to launch (``POST /launch``): what ``corral launch`` takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        max_length=63, description="The instance's name; with a count, name-1 .. name-N."
+    )
+    image: str = Field(max_length=255)
+    instance_type: str = Field(max_length=63, description="t1.micro, ...")
+    keypair: str = Field(max_length=63, description="The key pair whose public key logs in.")
+    user_data: str | None = Field(
+        default=None,
+        description="cloud-init user-data (#cloud-config, a script...), merged with corral's.",
+    )
+    count: int = Field(default=1, ge=1, le=64)
+    disk_size: str | int | None = Field(
+        default=None, description="Root disk size; none takes the instance type's."
+    )
+    isolated: bool = Field(
+        default=False, description="Cut the guest off from the host and the outside but SSH."
+    )
+    project: str = Field(default="default", max_length=63, description="The project, by name.")
+
+
 class ErrorRead(_Read):
     """Every error answer: what kind, the one-line message, and context."""
 

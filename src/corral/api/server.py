@@ -12,7 +12,7 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +129,7 @@ def serve(ctx: Corral, listen: Listen, pidfile: Path | None = None) -> None:
             servers.append((_Server(config), sock))
         if pidfile is not None:
             pidfile.write_text(f"{os.getpid()}\n")
-        asyncio.run(_serve_all(servers))
+        asyncio.run(_serve_all(servers, lambda: _close_streams(app)))
     finally:
         if pidfile is not None:
             with contextlib.suppress(FileNotFoundError, ValueError):
@@ -149,13 +149,23 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve_all(servers: list[tuple[_Server, socket.socket]]) -> None:
+def _close_streams(app: object) -> None:
+    """End the open event streams, so that they do not hold the shutdown for its timeout."""
+    broker = getattr(getattr(app, "state", None), "events", None)
+    if broker is not None:
+        broker.close()
+
+
+async def _serve_all(
+    servers: list[tuple[_Server, socket.socket]], on_stop: Callable[[], None]
+) -> None:
     import asyncio
     import signal
 
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
+        on_stop()
         for server, _ in servers:
             server.should_exit = True
 

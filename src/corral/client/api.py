@@ -142,7 +142,6 @@ class Client:
     def get_keypair(self, name: str) -> KeyPairRead:
         return self._get(f"/keypairs/{_segment(name)}", KeyPairRead)
 
-
     def list_tasks(
         self,
         status: str | None = None,

@@ -42,6 +42,9 @@ MAX_LIMIT = 1000
 INTERRUPTED = "interrupted: corrald stopped before it finished"
 #: Why :meth:`TaskPool.shutdown` ends a task that never started.
 NOT_STARTED = "interrupted: corrald stopped before it started"
+#: Called with the state directory and a task's view after each change of the task's
+#: status or progress (the event broker, :mod:`corral.compute.events`, listens here).
+listeners: list[Callable[[Corral, TaskView], None]] = []
 
 
 class TaskStatus(StrEnum):
@@ -117,6 +120,7 @@ class Report:
             values["detail"] = detail
         with self._ctx.db.session() as session:
             session.execute(update(TaskRow).where(TaskRow.id == self.task_id).values(**values))
+        _changed(self._ctx, self.task_id)
 
     def cancelled(self) -> bool:
         """Whether someone asked to cancel the task."""
@@ -210,6 +214,7 @@ class TaskPool:
         with self.ctx.db.session() as session:
             session.add(row)
         task = view(row)
+        _notify(self.ctx, task)
         self._executor.submit(self._run, row.id, fn)
         return task
 
@@ -223,6 +228,7 @@ class TaskPool:
             )
         if started.rowcount != 1:  # type: ignore[attr-defined]
             return  # cancelled while queued
+        _changed(ctx, task_id)
         status, detail, error = TaskStatus.SUCCESS, "done", None
         try:
             detail = fn(Report(ctx, task_id)) or detail
@@ -265,6 +271,25 @@ def _finish(ctx: Corral, task_id: str, status: TaskStatus, detail: str, error: s
         values["progress"] = 100
     with ctx.db.session() as session:
         session.execute(update(TaskRow).where(TaskRow.id == task_id).values(**values))
+    _changed(ctx, task_id)
+
+
+def _changed(ctx: Corral, task_id: str) -> None:
+    """Tell the :data:`listeners` that task ``task_id`` changed."""
+    if not listeners:
+        return
+    with ctx.db.session() as session:
+        row = session.get(TaskRow, task_id)
+    if row is not None:
+        _notify(ctx, view(row))
+
+
+def _notify(ctx: Corral, task: TaskView) -> None:
+    for listener in list(listeners):
+        try:
+            listener(ctx, task)
+        except Exception:  # a listener's bug must not fail the task
+            log.exception("task listener %r failed", listener)
 
 
 def list_tasks(
@@ -352,6 +377,7 @@ def cancel_task(ctx: Corral, principal: Principal, task_id: str) -> TaskView:
                 status = current.status if current is not None else row.status
                 why = "it has ended" if TaskStatus(status).final else "its operation cannot be"
                 raise Conflict(f"cannot cancel task {task_id}: it is {status}; {why} cancelled")
+    _changed(ctx, task_id)
     return get_task(ctx, principal, task_id)
 
 
@@ -377,6 +403,8 @@ def recover(ctx: Corral, daemon_id: str) -> list[TaskView]:
             row.detail = "failed"
             row.completed_at = utcnow()
         ended = [view(row) for row in rows]
+    for task in ended:
+        _notify(ctx, task)
     for name in sorted({t.target_name for t in ended if t.target_kind == "vm"}):
         try:
             with vm_lock(ctx, name), ctx.db.session() as session:

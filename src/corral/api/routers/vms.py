@@ -1,4 +1,7 @@
-"""``/vms``: the VM list (filtered, paginated), one VM, and its actions.
+"""``/vms``: the VM list (filtered, paginated), defining a VM, one VM, and its actions.
+
+Defining a VM (``POST /vms``) takes milliseconds (its disks are copy-on-write clones), so it
+answers 201 with the VM at once, not a task.
 
 An action (start, stop, destroy, pause, resume, reboot, delete) answers 202 with a task
 (``Location: /api/v1/tasks/{id}``) that runs it in the background. What is known before it
@@ -23,9 +26,11 @@ from corral.api.schemas import (
     ERRORS,
     NOT_FOUND,
     DiskRead,
+    ErrorRead,
     Page,
     TaskRead,
     VmActionCreate,
+    VmCreate,
     VmRead,
 )
 from corral.api.tenancy import require_visible, visible_names
@@ -97,6 +102,63 @@ def list_vms(
         and (name is None or name in v.name)
     ]
     return page([vm_read(v) for v in views], limit, offset)
+
+
+def require_creatable(ctx: Corral, principal: Principal, project: str) -> str:
+    """Check ``principal`` may create objects in the project named ``project``.
+
+    :return: the project's id.
+    :raise NotFound: no such project, or ``principal`` is no member of it (the same answer).
+    :raise Forbidden: ``principal`` sees the project but its role does not create.
+    """
+    from corral.access.principal import authorize
+    from corral.access.projects import get_project
+
+    project_id = get_project(ctx, principal, project).id
+    authorize(principal, Action.CREATE, "project", project, project_id)
+    return project_id
+
+
+#: ``responses=`` of an endpoint that creates objects in a project.
+CREATE_RESPONSES: dict[int | str, dict[str, object]] = {
+    403: {
+        "model": ErrorRead,
+        "description": "The caller's role may not create, or a quota (named) would be exceeded.",
+    },
+    404: {"model": ErrorRead, "description": "No such project or image (or not the caller's)."},
+    409: {"model": ErrorRead, "description": "The name is taken."},
+}
+
+
+@router.post("", status_code=201, responses=CREATE_RESPONSES)
+def create_vm(
+    ctx: CorralDep,
+    principal: PrincipalDep,
+    request: Request,
+    response: Response,
+    body: VmCreate,
+) -> VmRead:
+    """Define a VM (state ``defined``): its disks cloned, its quota taken; not started."""
+    from corral.compute.define import CreateRequest, create
+    from corral.compute.inventory import info
+
+    require_creatable(ctx, principal, body.project)
+    create(
+        ctx,
+        CreateRequest(
+            name=body.name,
+            image=body.image,
+            vcpus=body.vcpus,
+            memory=body.memory,
+            disk_size=body.disk_size,
+            machine=body.machine,
+            forwards=tuple(body.forwards),
+            firmware=body.firmware,
+            project=body.project,
+        ),
+    )
+    response.headers["Location"] = request.url_for("get_vm", name=body.name).path
+    return vm_read(info(ctx, body.name))
 
 
 @router.get("/{name}", responses=NOT_FOUND)

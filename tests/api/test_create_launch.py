@@ -1,0 +1,245 @@
+"""Creating through the API, with real QEMU: ``POST /vms`` defines a VM at once (201);
+``POST /launch`` answers 202 with a task that ends once the instances answer SSH, and refuses
+what its check refuses before any task exists. Another project is 404 to a non-member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from corral.access.local import local_principal
+from corral.access.projects import create_project
+from corral.access.quotas import set_quota
+from corral.access.tokens import create_token
+from corral.access.users import create_user
+from corral.api.app import create_app
+from corral.api.auth import via
+from corral.compute import lifecycle
+from corral.compute.context import Corral
+from corral.compute.define import delete
+from corral.compute.keys import create_key
+from corral.compute.reference import ensure_reference
+from corral.compute.ssh import wait_for_sshd
+from corral.config import Home
+from corral.errors import CorralError
+from corral.store.models import VmRow
+
+API = "/api/v1"
+FINAL = {"success", "error", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def ctx() -> Iterator[Corral]:
+    """A state directory with the reference image, projects p1 and p2 and the operator
+    alice (member of p1 only); every VM is destroyed and deleted at the end."""
+    # A short path: QEMU's UNIX sockets live in the VM directories.
+    home = Path(tempfile.mkdtemp(prefix="cl-", dir="/tmp"))
+    corral = Corral(Home(home))
+    ensure_reference(corral)
+    admin = local_principal(corral, os.geteuid())
+    for project in ("p1", "p2"):
+        create_project(corral, admin, project)
+    create_user(corral, admin, "alice", "operator", ["p1"])
+    yield corral
+    with corral.db.session() as session:
+        names = list(session.scalars(select(VmRow.name)))
+    for name in names:
+        with contextlib.suppress(CorralError):  # not running
+            lifecycle.destroy(corral, name)
+        with contextlib.suppress(CorralError):
+            delete(corral, name)
+    corral.close()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def api(ctx: Corral) -> Iterator[TestClient]:
+    """The local administrator on the UNIX socket, with the app's lifespan (its task pool)."""
+    with TestClient(via(create_app(ctx), "unix")) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def alice(ctx: Corral) -> Iterator[TestClient]:
+    """The operator of p1, with a token over TCP."""
+    secret = create_token(ctx, local_principal(ctx, os.geteuid()), "alice").secret
+    headers = {"Authorization": f"Bearer {secret}"}
+    with TestClient(create_app(ctx), headers=headers) as client:
+        yield client
+
+
+def wait_task(client: TestClient, task_id: str, deadline: float = 180.0) -> dict[str, Any]:
+    """Poll the task until its status is final, checking its progress never goes back."""
+    end = time.monotonic() + deadline
+    last = 0
+    while True:
+        task: dict[str, Any] = client.get(f"{API}/tasks/{task_id}").json()
+        assert task["progress"] >= last, task
+        last = task["progress"]
+        if task["status"] in FINAL:
+            return task
+        assert time.monotonic() < end, f"task still {task['status']}: {task}"
+        time.sleep(0.1)
+
+
+def task_count(client: TestClient) -> int:
+    total: int = client.get(f"{API}/tasks").json()["total"]
+    return total
+
+
+def test_create_answers_201_and_the_vm_is_listed(api: TestClient) -> None:
+    body = {"name": "c-one", "image": "reference", "memory": "128M", "forwards": ["2299:22"]}
+    answer = api.post(f"{API}/vms", json=body)
+    assert answer.status_code == 201, answer.text
+    assert answer.headers["location"] == f"{API}/vms/c-one"
+    vm = answer.json()
+    assert vm["name"] == "c-one" and vm["state"] == "defined" and vm["project"] == "default"
+    assert vm["memory"] == 128 << 20 and vm["vcpus"] == 1 and vm["image"] == "reference"
+    assert vm["forwards"] and "2299" in vm["forwards"][0]
+    assert api.get(f"{API}/vms/c-one").json() == vm
+    listed = api.get(f"{API}/vms", params={"name": "c-one"}).json()["items"]
+    assert [v["name"] for v in listed] == ["c-one"]
+    taken = api.post(f"{API}/vms", json={"name": "c-one", "image": "reference"})
+    assert taken.status_code == 409
+    assert taken.json()["error"] == "AlreadyExists" and "c-one" in taken.json()["message"]
+
+
+def test_create_refusals(api: TestClient) -> None:
+    bad_memory = api.post(f"{API}/vms", json={"name": "c-bad", "memory": "lots"})
+    assert bad_memory.status_code == 422
+    assert bad_memory.json()["error"] == "InvalidInput"
+    assert bad_memory.json()["field"] == "memory"
+    unknown_field = api.post(f"{API}/vms", json={"name": "c-bad", "colour": "red"})
+    assert unknown_field.status_code == 422 and unknown_field.json()["field"] == "colour"
+    bad_name = api.post(f"{API}/vms", json={"name": "Bad_Name"})
+    assert bad_name.status_code == 422 and bad_name.json()["field"] == "name"
+    no_image = api.post(f"{API}/vms", json={"name": "c-bad", "image": "no-such-image"})
+    assert no_image.status_code == 404
+    assert no_image.json()["message"] == "image 'no-such-image' not found"
+    no_project = api.post(f"{API}/vms", json={"name": "c-bad", "project": "nope"})
+    assert no_project.status_code == 404
+    assert no_project.json()["message"] == "project 'nope' not found"
+    assert api.get(f"{API}/vms/c-bad").status_code == 404
+
+
+def test_operator_creates_only_in_own_projects(alice: TestClient) -> None:
+    body = {"name": "c-alice", "image": "reference", "memory": "128M"}
+    hidden = alice.post(f"{API}/vms", json=body | {"project": "p2"})
+    missing = alice.post(f"{API}/vms", json=body | {"project": "p9"})
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json()["message"] == "project 'p2' not found"
+    assert alice.post(f"{API}/vms", json=body).status_code == 404  # not a member of default
+    made = alice.post(f"{API}/vms", json=body | {"project": "p1"})
+    assert made.status_code == 201, made.text
+    assert made.json()["project"] == "p1"
+    assert [v["name"] for v in alice.get(f"{API}/vms").json()["items"]] == ["c-alice"]
+
+
+def test_quota_exceeded_is_403_naming_it(ctx: Corral, api: TestClient) -> None:
+    set_quota(ctx, local_principal(ctx, os.geteuid()), "p2", {"instances": 1})
+    body = {"image": "reference", "memory": "128M", "project": "p2"}
+    assert api.post(f"{API}/vms", json=body | {"name": "c-q1"}).status_code == 201
+    over = api.post(f"{API}/vms", json=body | {"name": "c-q2"})
+    assert over.status_code == 403
+    assert over.json()["error"] == "QuotaExceeded"
+    assert "quota instances of project 'p2'" in over.json()["message"]
+    assert api.get(f"{API}/vms/c-q2").status_code == 404
+
+
+@pytest.mark.tcg
+def test_launch_runs_a_task_until_ssh_answers(
+    ctx: Corral, alice: TestClient, tmp_path: Path
+) -> None:
+    create_key(ctx, "k", tmp_path / "k", project="p1")
+    body = {
+        "name": "web",
+        "image": "reference",
+        "instance_type": "t1.nano",
+        "keypair": "k",
+        "project": "p1",
+    }
+    answer = alice.post(f"{API}/launch", json=body)
+    assert answer.status_code == 202, answer.text
+    task = answer.json()
+    assert answer.headers["location"] == f"{API}/tasks/{task['id']}"
+    assert task["name"] == "vm.launch" and task["target_name"] == "web"
+    assert task["status"] in {"queued", "running"} and task["initiated_by"] == "alice"
+    done = wait_task(alice, task["id"])
+    assert done["status"] == "success", done
+    assert done["progress"] == 100 and done["error"] is None
+    vm = alice.get(f"{API}/vms/web").json()
+    assert vm["state"] == "running" and vm["project"] == "p1"
+    assert vm["instance_type"] == "t1.nano" and vm["keypair"] == "k"
+    host, port = vm["ssh"].rsplit("@", 1)[-1].rsplit(":", 1)
+    assert done["detail"].startswith("1 instance ready: web (i-")
+    assert f"port {port}" in done["detail"]
+    wait_for_sshd("web", host, int(port), 10.0)  # the SSH- banner
+    # The name is now taken: refused at once, as a second launch would be.
+    before = task_count(alice)
+    taken = alice.post(f"{API}/launch", json=body)
+    assert taken.status_code == 409 and taken.json()["error"] == "AlreadyExists"
+    assert task_count(alice) == before
+    stopped = alice.post(f"{API}/vms/web/destroy")
+    assert stopped.status_code == 202
+    assert wait_task(alice, stopped.json()["id"])["status"] == "success"
+    deleted = alice.delete(f"{API}/vms/web")
+    assert deleted.status_code == 202
+    assert wait_task(alice, deleted.json()["id"])["status"] == "success"
+    assert alice.get(f"{API}/vms/web").status_code == 404
+
+
+def test_launch_refusals_answer_at_once(ctx: Corral, api: TestClient, tmp_path: Path) -> None:
+    create_key(ctx, "kd", tmp_path / "kd")
+    body = {"name": "refused", "image": "reference", "instance_type": "t1.nano", "keypair": "kd"}
+    before = task_count(api)
+    no_type = api.post(f"{API}/launch", json=body | {"instance_type": "z9.huge"})
+    assert no_type.status_code == 404 and no_type.json()["error"] == "NotFound"
+    assert "instance type 'z9.huge'" in no_type.json()["message"]
+    bad_data = api.post(f"{API}/launch", json=body | {"user_data": "#cloud-config\nruncmd: 7\n"})
+    assert bad_data.status_code == 422, bad_data.text
+    assert bad_data.json()["field"] == "user_data"
+    no_key = api.post(f"{API}/launch", json=body | {"keypair": "nope"})
+    assert no_key.status_code == 404 and no_key.json()["message"] == "key pair 'nope' not found"
+    no_image = api.post(f"{API}/launch", json=body | {"image": "nope"})
+    assert no_image.status_code == 404
+    other_project = api.post(f"{API}/launch", json=body | {"project": "p1"})
+    assert other_project.status_code == 404  # kd is default's, not p1's
+    too_many = api.post(f"{API}/launch", json=body | {"count": 65})
+    assert too_many.status_code == 422 and too_many.json()["field"] == "count"
+    unknown = api.post(f"{API}/launch", json=body | {"wait": False})
+    assert unknown.status_code == 422 and unknown.json()["field"] == "wait"
+    assert task_count(api) == before  # no task for any of them
+    assert api.get(f"{API}/vms/refused").status_code == 404
+
+
+def test_launch_quota_is_refused_at_once(ctx: Corral, alice: TestClient, tmp_path: Path) -> None:
+    admin = local_principal(ctx, os.geteuid())
+    set_quota(ctx, admin, "p1", {"instances": 1})
+    try:
+        create_key(ctx, "kq", tmp_path / "kq", project="p1")
+        before = task_count(alice)
+        body = {
+            "name": "many",
+            "image": "reference",
+            "instance_type": "t1.nano",
+            "keypair": "kq",
+            "project": "p1",
+            "count": 3,
+        }
+        over = alice.post(f"{API}/launch", json=body)
+        assert over.status_code == 403 and over.json()["error"] == "QuotaExceeded"
+        assert "quota instances of project 'p1'" in over.json()["message"]
+        assert task_count(alice) == before
+    finally:
+        set_quota(ctx, admin, "p1", {"instances": None})

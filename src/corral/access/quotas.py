@@ -225,7 +225,16 @@ def check_project_quota(ctx: Corral, project_id: str, demand: Demand) -> None:
         project = session.get(ProjectRow, project_id)
         if project is None:
             raise NotFound("project", project_id)
-        check_quota(project_usage(session, project_id), load_quota(session, project), demand)
+        _check_fits(session, project, demand)
+
+
+def _check_fits(session: Session, project: ProjectRow, demand: Demand) -> None:
+    """:func:`check_quota` of ``demand`` against ``project``'s usage now; a project with no
+    limit set is not measured (its usage reads every VM spec of the project)."""
+    quota = load_quota(session, project)
+    if all(getattr(quota, resource) is None for resource in RESOURCES):
+        return
+    check_quota(project_usage(session, project.id), quota, demand)
 
 
 @contextmanager
@@ -245,7 +254,7 @@ def reserving(ctx: Corral, project_id: str, demand: Demand) -> Iterator[Session]
     """
     with ctx.db.session() as session:
         project = lock_project(session, project_id)
-        check_quota(project_usage(session, project_id), load_quota(session, project), demand)
+        _check_fits(session, project, demand)
         yield session
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, or_, select
 
 from corral.compute import records
 from corral.compute.context import Corral
@@ -201,6 +201,41 @@ def list_vms(
             if include_inactive or vm.state.active:
                 out.append(view(vm, names.get(row.project_id, row.project_id)))
     return out
+
+
+def page_vms(
+    ctx: Corral,
+    where: ColumnElement[bool],
+    state: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[VmView], int]:
+    """One page of the VMs that ``where`` selects, by name, and how many there are in all.
+
+    Only the records that may disagree with the host (active, or naming a PID) are
+    reconciled first, so that ``state`` filters on the truth; then the page is chosen in SQL,
+    and only its VMs are read in full (their specs parsed, their disks measured). A listing
+    of a thousand stopped VMs reads a hundred of them.
+
+    :param where: which records (a project scope, a name filter...).
+    :param state: only VMs in this state.
+    """
+    active = [s.value for s in VmState if s.active]
+    with ctx.db.session() as session:
+        stale = select(VmRow).where(where, or_(VmRow.state.in_(active), VmRow.pid.is_not(None)))
+        for row in session.scalars(stale):
+            _reconciled(ctx, records.wrap(ctx, row), ask_monitor=False)
+    with ctx.db.session() as session:
+        query = select(VmRow).where(where)
+        if state is not None:
+            query = query.where(VmRow.state == state)
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        names = project_names(session)
+        rows = session.scalars(query.order_by(VmRow.name).limit(limit).offset(offset))
+        views = [
+            view(records.wrap(ctx, row), names.get(row.project_id, row.project_id)) for row in rows
+        ]
+    return views, total
 
 
 def info(ctx: Corral, name: str, ask_monitor: bool = True) -> VmView:

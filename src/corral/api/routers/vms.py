@@ -19,7 +19,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from corral.access.principal import Action, Principal
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
-from corral.api.routers.paging import Limit, Offset, page
+from corral.api.routers.paging import Limit, Offset
 from corral.api.routers.tasks import TaskPoolDep, task_read
 from corral.api.schemas import (
     CONFLICT,
@@ -33,7 +33,7 @@ from corral.api.schemas import (
     VmCreate,
     VmRead,
 )
-from corral.api.tenancy import require_visible, visible_names
+from corral.api.tenancy import require_visible
 from corral.compute.context import Corral
 from corral.compute.inventory import VmView
 from corral.compute.lifecycle import Outcome
@@ -89,19 +89,20 @@ def list_vms(
     offset: Offset = 0,
 ) -> Page[VmRead]:
     """Every VM (running or not), by name, reconciled with the host."""
-    from corral.compute.inventory import list_vms as do_list
+    from corral.access.scope import visible
+    from corral.compute.inventory import page_vms
     from corral.store.models import VmRow
 
-    mine = visible_names(ctx, principal, VmRow)
-    views = [
-        v
-        for v in do_list(ctx, include_inactive=True)
-        if v.name in mine
-        and (state is None or v.state == state)
-        and (image is None or v.image == image)
-        and (name is None or name in v.name)
-    ]
-    return page([vm_read(v) for v in views], limit, offset)
+    if any("\x00" in text for text in (image or "", name or "")):
+        # No name holds a NUL (and PostgreSQL refuses one in a query): nothing matches.
+        return Page[VmRead](items=[], total=0, limit=limit, offset=offset)
+    where = visible(principal, VmRow.project_id)
+    if image is not None:
+        where = where & (VmRow.image == image)
+    if name is not None:
+        where = where & VmRow.name.contains(name, autoescape=True)
+    views, total = page_vms(ctx, where, state, limit, offset)
+    return Page[VmRead](items=[vm_read(v) for v in views], total=total, limit=limit, offset=offset)
 
 
 def require_creatable(ctx: Corral, principal: Principal, project: str) -> str:

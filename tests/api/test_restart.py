@@ -127,3 +127,44 @@ def test_task_cli_starts_the_daemon_and_shows_tasks(home: Path) -> None:
     assert refused.returncode == 1 and "error:" in refused.stderr
     missing = corral(home, "task", "show", "ffffffff")
     assert missing.returncode == 2
+
+
+def test_events_cli_replays_a_start(home: Path) -> None:
+    """``corral events --since 0`` (the client's SSE reader) shows a start's task events."""
+    import json
+
+    assert corral(home, "serve", "--detach").returncode == 0
+    with client(home) as api:
+        assert run_task(api, "POST", "/vms/survivor/start")["status"] == "success"
+        held = api.get("/events", headers={"Last-Event-ID": "0"}).json()
+    count = len(held["items"]) + (1 if held["lost"] else 0)
+    shown = subprocess.run(
+        [CORRAL, "events", "--json", "--since", "0", "--count", str(count)],
+        env=dict(os.environ, CORRAL_HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    events = [json.loads(chunk) for chunk in _json_objects(shown.stdout)]
+    assert len(events) == count
+    statuses = [e["data"]["status"] for e in events if e["kind"] == "task"]
+    assert statuses[0] == "queued" and statuses[-1] == "success"
+    assert [e["id"] for e in events if "id" in e] == sorted(e["id"] for e in events if "id" in e)
+
+
+def _json_objects(text: str) -> list[str]:
+    """Split the concatenated pretty-printed JSON objects ``--json`` prints."""
+    chunks, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                chunks.append(text[start : i + 1])
+    return chunks

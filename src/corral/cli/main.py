@@ -17,7 +17,7 @@ from corral.cli.keys import key_app
 from corral.cli.launch import launch_cmd, scp_cmd, ssh_cmd
 from corral.cli.projects import project_app
 from corral.cli.serve import serve_cmd
-from corral.cli.tasks import task_app
+from corral.cli.tasks import events_cmd, task_app
 from corral.cli.tokens import token_app
 from corral.cli.types import type_app
 from corral.cli.users import user_app
@@ -45,6 +45,7 @@ app.command("ssh")(ssh_cmd)
 app.command("scp")(scp_cmd)
 app.command("serve")(serve_cmd)
 app.add_typer(task_app, name="task")
+app.command("events")(events_cmd)
 
 Name = Annotated[str, typer.Argument(metavar="NAME", help="The VM's name.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

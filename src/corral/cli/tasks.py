@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -115,3 +116,39 @@ def cancel_cmd(task_id: TaskId) -> None:
     with _client() as api:
         t = api.cancel_task(_resolve(api, task_id))
     render.out.print(f"task {t.id} {t.status}", markup=False)
+
+
+def events_cmd(
+    json_: Json = False,
+    count: Annotated[
+        int | None, typer.Option(help="Stop after this many events (default: follow).")
+    ] = None,
+    since: Annotated[
+        int | None,
+        typer.Option(help="First replay the held events after this event id (0: all held)."),
+    ] = None,
+) -> None:
+    """Follow corrald's events: task updates and VM state changes, as they happen."""
+    with _client() as api:
+        for seen, event in enumerate(api.events(last_id=since), start=1):
+            if json_:
+                render.print_json(event)
+            else:
+                render.out.print(_event_line(event), markup=False)
+            sys.stdout.flush()
+            if count is not None and seen >= count:
+                return
+
+
+def _event_line(event: dict[str, object]) -> str:
+    data = event.get("data")
+    info = data if isinstance(data, dict) else {}
+    at = str(event.get("at", ""))[11:19]
+    if event.get("kind") == "task":
+        return (
+            f"{at} task {info.get('name')} {info.get('target_name')}: {info.get('status')} "
+            f"{info.get('progress')}% {info.get('error') or info.get('detail') or ''}"
+        ).rstrip()
+    if event.get("kind") == "vm":
+        return f"{at} vm {info.get('name')}: {info.get('previous')} -> {info.get('state')}"
+    return f"{at} {event.get('kind')}: {data}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -170,6 +172,36 @@ class Client:
         """``start``, ``stop``, ``destroy``, ``pause``, ``resume`` or ``reboot``: the task."""
         body = {"wait": wait} if wait else None
         return self._post(f"/vms/{_segment(name)}/{_segment(action)}", TaskRead, body)
+
+    def events(self, last_id: int | None = None) -> Iterator[dict[str, Any]]:
+        """Follow the event stream: each event's envelope (``id``, ``at``, ``kind``,
+        ``project_id``, ``data``), or ``{"kind": "lost", ...}`` when events were dropped.
+
+        Ends when the daemon closes the stream.
+        """
+        headers = {"Accept": "text/event-stream"}
+        if last_id is not None:
+            headers["Last-Event-ID"] = str(last_id)
+        try:
+            with self._http.stream(
+                "GET", PREFIX + "/events", headers=headers, timeout=httpx.Timeout(None)
+            ) as answer:
+                if answer.status_code >= 400:
+                    answer.read()
+                    raise _error(answer)
+                kind, data = "", ""
+                for line in answer.iter_lines():
+                    if line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data += line[5:].strip()
+                    elif not line and data:
+                        event: dict[str, Any] = json.loads(data)
+                        event.setdefault("kind", kind)
+                        yield event
+                        kind, data = "", ""
+        except httpx.TransportError as exc:
+            raise HostError(f"cannot reach corrald: {exc}") from exc
 
 
 def _segment(name: str) -> str:

@@ -188,7 +188,8 @@ def test_concurrent_opens_migrate_once(database_url: str) -> None:
     try:
         deadline = time.monotonic() + 60
         while waiting() < 2:
-            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            if any(p.poll() is not None for p in procs):
+                break  # one ended before waiting: the lock is released, then its output shown
             assert time.monotonic() < deadline, "the processes never waited for the lock"
             time.sleep(0.02)
     finally:

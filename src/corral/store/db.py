@@ -93,8 +93,11 @@ def _reason(exc: BaseException, url: URL) -> str:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    # The timeout first: switching a new file to WAL takes a write lock, and two processes
+    # opening a new state directory at once would otherwise fail at once ("database is
+    # locked") instead of one waiting for the other.
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()

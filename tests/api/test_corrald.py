@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -13,20 +12,13 @@ import pytest
 
 from corral.client import Client
 from corral.client.api import ApiError
+from tests.integration.conftest import cli
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
 
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CORRAL, *args],
-        env=dict(os.environ, CORRAL_HOME=str(home)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    return cli(home, *args, timeout=60)
 
 
 def test_serve_detach_answers_and_stops() -> None:

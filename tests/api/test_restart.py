@@ -24,6 +24,7 @@ from corral.compute.context import Corral
 from corral.compute.define import CreateRequest, create
 from corral.compute.reference import ensure_reference
 from corral.config import Home
+from tests.integration.conftest import cli
 
 pytestmark = [pytest.mark.tcg]
 
@@ -32,15 +33,7 @@ FINAL = {"success", "error", "cancelled"}
 
 
 def corral(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CORRAL, *args],
-        env=dict(os.environ, CORRAL_HOME=str(home)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    return cli(home, *args, timeout=120)
 
 
 @pytest.fixture

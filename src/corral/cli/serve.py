@@ -74,10 +74,11 @@ def _token_auth_available() -> bool:
 def _detach(listen: object, log: Path, pidfile: Path) -> None:
     """Start ``corral serve`` (same options, without ``--detach``) in its own session."""
     from corral.api.server import Listen
+    from corral.client.local import answers
     from corral.errors import HostError
 
     assert isinstance(listen, Listen)
-    if _answers(listen.socket):
+    if answers(listen.socket):
         raise HostError(f"corrald is already running on {listen.socket}")
     argv = [sys.executable, "-c", "from corral.cli.main import main; main()", "serve"]
     if listen.tcp is not None:
@@ -101,7 +102,7 @@ def _detach(listen: object, log: Path, pidfile: Path) -> None:
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             raise HostError(f"corrald exited with status {proc.returncode}: {' | '.join(tail)}")
-        if _answers(listen.socket):
+        if answers(listen.socket):
             where = (
                 f" and http{'s' if listen.tls_cert else ''}://{_fmt(listen.tcp)}"
                 if listen.tcp
@@ -122,17 +123,6 @@ def _fmt(tcp: tuple[str, int] | None) -> str:
     assert tcp is not None
     host, port = tcp
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _answers(sock: Path) -> bool:
-    import httpx
-
-    try:
-        transport = httpx.HTTPTransport(uds=str(sock))
-        with httpx.Client(transport=transport, timeout=2.0) as client:
-            return client.get("http://corrald/api/v1/host").status_code < 500
-    except httpx.HTTPError:
-        return False
 
 
 def _stop(pidfile: Path) -> None:

@@ -23,6 +23,7 @@ from corral.compute.inventory import info
 from corral.compute.reference import ensure_reference
 from corral.config import Home
 from corral.errors import CorralError
+from tests import daemons
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
 
@@ -35,6 +36,7 @@ def corral_home() -> Iterator[Path]:
     ensure_reference(ctx)
     ctx.close()
     yield root
+    daemons.stop(root)
     for vm_dir in (root / "vms").glob("*"):
         pid_file = vm_dir / "qemu.pid"
         if pid_file.exists():
@@ -66,19 +68,29 @@ def vm(ctx: Corral) -> Iterator[str]:
 def cli(
     home: Path, *args: str, timeout: float = 300, env_home: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``corral`` command against ``home`` (with ``$HOME`` at ``env_home``)."""
+    """Run the real ``corral`` command against ``home`` (with ``$HOME`` at ``env_home``).
+
+    A verb that starts ``home``'s daemon leaves it running, as it would for a user; the
+    session stops it (:mod:`tests.daemons`).
+    """
     env = dict(os.environ, CORRAL_HOME=str(home), COLUMNS="200")
+    for remote in ("CORRAL_URL", "CORRAL_TOKEN"):
+        env.pop(remote, None)
     if env_home is not None:
         env["HOME"] = str(env_home)
-    return subprocess.run(
-        [CORRAL, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+        env.pop("XDG_CONFIG_HOME", None)
+    try:
+        return subprocess.run(
+            [CORRAL, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    finally:
+        daemons.note(home)
 
 
 def _drain(sock: socket.socket) -> None:

@@ -16,8 +16,22 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from corral import __version__
+from corral.api.routers import (
+    audit,
+    host,
+    images,
+    keypairs,
+    launch,
+    login,
+    projects,
+    tasks,
+    tokens,
+    types,
+    users,
+    vms,
+    volumes,
+)
 from corral.api.routers import events as events_router
-from corral.api.routers import host, images, keypairs, launch, tasks, types, vms
 from corral.api.schemas import ErrorRead
 from corral.compute.context import Corral
 from corral.errors import CorralError, InvalidInput
@@ -70,7 +84,9 @@ def create_app(ctx: Corral) -> FastAPI:
         redoc_url=None,
     )
     app.state.corral = ctx
-    for module in (host, vms, launch, images, types, keypairs, tasks):
+    areas = (host, vms, launch, images, types, keypairs, volumes, tasks)
+    access = (projects, users, tokens, audit, login)
+    for module in (*areas, *access):
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(events_router.router, prefix=PREFIX)
     app.add_exception_handler(CorralError, _corral_error)  # type: ignore[arg-type]

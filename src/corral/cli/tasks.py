@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from corral.cli import render
+from corral.cli.context import open_client
 
 if TYPE_CHECKING:
     from corral.client.api import Client
@@ -21,13 +22,6 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 TaskId = Annotated[str, typer.Argument(metavar="ID", help="The task's id.")]
 
 _STATUS_STYLE = {"success": "green", "error": "red", "running": "cyan", "cancelled": "dim"}
-
-
-def _client() -> Client:
-    from corral.client.local import connect
-    from corral.config import load_home
-
-    return connect(load_home().root)
 
 
 def _resolve(api: Client, task_id: str) -> str:
@@ -58,7 +52,7 @@ def list_cmd(
     json_: Json = False,
 ) -> None:
     """Recent tasks, newest first."""
-    with _client() as api:
+    with open_client() as api:
         tasks = api.list_tasks(status=status, target_name=vm, limit=limit).items
     if json_:
         render.print_json([t.model_dump() for t in tasks])
@@ -87,7 +81,7 @@ def list_cmd(
 @task_app.command("show")
 def show_cmd(task_id: TaskId, json_: Json = False) -> None:
     """One task."""
-    with _client() as api:
+    with open_client() as api:
         t = api.get_task(_resolve(api, task_id))
     if json_:
         render.print_json(t.model_dump())
@@ -113,7 +107,7 @@ def show_cmd(task_id: TaskId, json_: Json = False) -> None:
 @task_app.command("cancel")
 def cancel_cmd(task_id: TaskId) -> None:
     """Cancel a queued task, or a running one whose operation allows it."""
-    with _client() as api:
+    with open_client() as api:
         t = api.cancel_task(_resolve(api, task_id))
     render.out.print(f"task {t.id} {t.status}", markup=False)
 
@@ -129,7 +123,7 @@ def events_cmd(
     ] = None,
 ) -> None:
     """Follow corrald's events: task updates and VM state changes, as they happen."""
-    with _client() as api:
+    with open_client() as api:
         for seen, event in enumerate(api.events(last_id=since), start=1):
             if json_:
                 render.print_json(event)

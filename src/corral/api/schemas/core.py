@@ -1,40 +1,27 @@
-"""Wire types of the API: what an answer holds, field by field.
+"""Wire types of the first resources: VMs, images, instance types, key pairs, the host,
+tasks and launches.
 
-Read types mirror the service layer's views; create and update types (to come with the
-writing endpoints) are separate classes that forbid unknown fields.
+Read types mirror the service layer's views; create and update types are separate classes
+that forbid unknown fields.
 """
 
 from __future__ import annotations
 
-from typing import Generic, Literal, TypeVar
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-T = TypeVar("T")
+from corral.api.schemas.base import Read
 
 
-class _Read(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class Page(_Read, Generic[T]):
-    """One page of a listing."""
-
-    items: list[T]
-    #: How many items match, over all pages.
-    total: int
-    limit: int
-    offset: int
-
-
-class DiskRead(_Read):
+class DiskRead(Read):
     name: str
     image: str | None
     provisioned: int = Field(description="Virtual size in bytes.")
     used: int = Field(description="Bytes allocated on the host.")
 
 
-class VmRead(_Read):
+class VmRead(Read):
     """A VM as the VM list and its detail page show it."""
 
     name: str
@@ -61,7 +48,7 @@ class VmRead(_Read):
     ssh: str | None
 
 
-class ImageRead(_Read):
+class ImageRead(Read):
     name: str
     project: str
     format: str
@@ -77,7 +64,7 @@ class ImageRead(_Read):
     used_by: list[str]
 
 
-class InstanceTypeRead(_Read):
+class InstanceTypeRead(Read):
     name: str
     vcpus: int
     memory: int
@@ -88,7 +75,7 @@ class InstanceTypeRead(_Read):
     source: str
 
 
-class KeyPairRead(_Read):
+class KeyPairRead(Read):
     name: str
     project: str
     kind: str
@@ -99,7 +86,7 @@ class KeyPairRead(_Read):
     created_at: str
 
 
-class HostSummary(_Read):
+class HostSummary(Read):
     """The host at a glance, as vSphere's summary page shows it."""
 
     hostname: str
@@ -118,7 +105,7 @@ class HostSummary(_Read):
     networks: list[str]
 
 
-class TaskRead(_Read):
+class TaskRead(Read):
     """A long operation: what it works on, where it is, who asked, when."""
 
     id: str
@@ -199,37 +186,3 @@ class LaunchCreate(BaseModel):
         default=False, description="Cut the guest off from the host and the outside but SSH."
     )
     project: str = Field(default="default", max_length=63, description="The project, by name.")
-
-
-class ErrorRead(_Read):
-    """Every error answer: what kind, the one-line message, and context."""
-
-    error: str = Field(description="The error class: NotFound, InvalidInput, StateError...")
-    message: str
-    field: str | None = None
-
-
-#: ``responses=`` of an endpoint that looks an object up by name.
-NOT_FOUND: dict[int | str, dict[str, object]] = {
-    404: {"model": ErrorRead, "description": "No such object."}
-}
-
-#: ``responses=`` of a VM action: a state the operation cannot start from.
-CONFLICT: dict[int | str, dict[str, object]] = {
-    409: {"model": ErrorRead, "description": "Not allowed in the current state."}
-}
-
-#: ``responses=`` of every endpoint behind :func:`~corral.api.auth.get_principal`: a request
-#: off the UNIX socket without a valid bearer token.
-UNAUTHENTICATED: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorRead, "description": "No valid bearer token."}
-}
-
-#: ``responses=`` of an endpoint that takes parameters: the answer when one is refused (it
-#: replaces FastAPI's ``HTTPValidationError``, which the app never sends).
-INVALID: dict[int | str, dict[str, object]] = {
-    422: {"model": ErrorRead, "description": "A parameter is not valid; `field` names it."}
-}
-
-#: ``responses=`` of a router whose endpoints all take parameters and a principal.
-ERRORS: dict[int | str, dict[str, object]] = UNAUTHENTICATED | INVALID

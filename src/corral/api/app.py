@@ -123,6 +123,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     """Starlette's own answers (no such path, method not allowed) in the shape of every error."""
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot decode (not UTF-8, not JSON): a refused field,
+        # as every other refused input is.
+        reason = "not a JSON document in UTF-8"
+        return JSONResponse(error_body(InvalidInput("body", reason)), status_code=422)
     kinds = {404: "NotFound", 405: "MethodNotAllowed"}
     message = f"no such path: {request.url.path}" if exc.status_code == 404 else str(exc.detail)
     body = ErrorRead(error=kinds.get(exc.status_code, "HTTPError"), message=message)

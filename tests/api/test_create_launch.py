@@ -146,6 +146,56 @@ def test_operator_creates_only_in_own_projects(alice: TestClient) -> None:
     assert [v["name"] for v in alice.get(f"{API}/vms").json()["items"]] == ["c-alice"]
 
 
+def test_create_takes_every_option_of_corral_create(api: TestClient) -> None:
+    body = {
+        "name": "c-full",
+        "disk_size": "32M",
+        "data_disks": ["16M", 8 << 20],
+        "cpu": "qemu64",
+        "vnc": True,
+        "memory": "128M",
+        "vcpus": 2,
+        "project": "p1",
+    }
+    answer = api.post(f"{API}/vms", json=body)
+    assert answer.status_code == 201, answer.text
+    vm = answer.json()
+    assert [(d["name"], d["provisioned"]) for d in vm["disks"]] == [
+        ("root", 32 << 20),
+        ("data1", 16 << 20),
+        ("data2", 8 << 20),
+    ]
+    assert all(d["path"].endswith(f"/c-full/{d['name']}.qcow2") for d in vm["disks"])
+    assert vm["vnc"].endswith("/c-full/vnc.sock") and vm["console"].endswith("serial.sock")
+    assert vm["vcpus"] == 2 and vm["project"] == "p1"
+    bad_cpu = api.post(f"{API}/vms", json=body | {"name": "c-cpu", "cpu": "no such cpu"})
+    assert bad_cpu.status_code == 422 and bad_cpu.json()["field"] == "cpu"
+    too_many = api.post(f"{API}/vms", json=body | {"name": "c-many", "data_disks": ["1M"] * 17})
+    assert too_many.status_code == 422 and too_many.json()["field"] == "data_disks"
+
+
+def test_list_filters_by_project_and_activity(api: TestClient, alice: TestClient) -> None:
+    made = api.post(f"{API}/vms", json={"name": "c-filter", "disk_size": "8M", "project": "p1"})
+    assert made.status_code == 201, made.text
+
+    def names(client: TestClient, **query: str) -> list[str]:
+        answer = client.get(f"{API}/vms", params=query)
+        assert answer.status_code == 200, answer.text
+        return [v["name"] for v in answer.json()["items"]]
+
+    assert names(api, project="p1", name="c-filter") == ["c-filter"]
+    assert names(api, project="p2", name="c-filter") == []
+    assert names(api, active="false", name="c-filter") == ["c-filter"]
+    assert names(api, active="true", name="c-filter") == []
+    assert names(api, active="false", state="defined", name="c-filter") == ["c-filter"]
+    assert names(api, active="true", state="defined") == []
+    for client, project in ((api, "p9"), (alice, "p2")):  # none, and not alice's: the same
+        unknown = client.get(f"{API}/vms", params={"project": project})
+        assert unknown.status_code == 404
+        assert unknown.json()["message"] == f"project '{project}' not found"
+    assert api.get(f"{API}/vms", params={"active": "maybe"}).json()["field"] == "active"
+
+
 def test_quota_exceeded_is_403_naming_it(ctx: Corral, api: TestClient) -> None:
     set_quota(ctx, local_principal(ctx, os.geteuid()), "p2", {"instances": 1})
     body = {"image": "reference", "memory": "128M", "project": "p2"}
@@ -243,3 +293,74 @@ def test_launch_quota_is_refused_at_once(ctx: Corral, alice: TestClient, tmp_pat
         assert task_count(alice) == before
     finally:
         set_quota(ctx, admin, "p1", {"instances": None})
+
+
+@pytest.mark.tcg
+def test_launch_reports_each_instances_phases_then_how_to_log_in(
+    ctx: Corral, api: TestClient, alice: TestClient, tmp_path: Path
+) -> None:
+    """GET /launch/{task_id} answers at each change (after=N&wait=S) with every instance's
+    phases; at the end, how each is reached; GET /vms/{name}/ssh then says how to log in.
+    Neither shows anything to a user of another project."""
+    create_key(ctx, "kp", tmp_path / "kp")
+    body = {
+        "name": "ph",
+        "image": "reference",
+        "instance_type": "t1.nano",
+        "keypair": "kp",
+        "count": 2,
+        "isolated": True,
+    }
+    answer = api.post(f"{API}/launch", json=body)
+    assert answer.status_code == 202, answer.text
+    task_id = answer.json()["id"]
+    assert alice.get(f"{API}/launch/{task_id}").status_code == 404  # default is not hers
+    seen: list[dict[str, Any]] = []
+    version: int | None = None
+    end = time.monotonic() + 180
+    while True:
+        params = {} if version is None else {"after": version, "wait": 10}
+        now = api.get(f"{API}/launch/{task_id}", params=params)
+        assert now.status_code == 200, now.text
+        state: dict[str, Any] = now.json()
+        assert version is None or state["version"] >= version
+        seen.append(state)
+        if state["status"] != "running":
+            break
+        assert time.monotonic() < end, f"the launch still runs: {state}"
+        version = state["version"]
+    final = seen[-1]
+    assert final["status"] == "success" and final["error"] is None, final
+    assert final["task_id"] == task_id and final["project"] == "default"
+    assert [i["name"] for i in final["instances"]] == ["ph-1", "ph-2"]
+    for instance in final["instances"]:
+        assert instance["status"] == "ready" and instance["error"] is None
+        assert list(instance["phases"]) == ["clone", "seed", "start", "boot", "ready"]
+        assert all(p["state"] == "done" and p["seconds"] >= 0 for p in instance["phases"].values())
+        assert instance["instance_id"].startswith("i-") and instance["user"] == "root"
+        assert instance["ssh_command"][:3] == ["ssh", "-p", str(instance["port"])]
+        assert instance["ssh_command"][-1] == "root@127.0.0.1"
+    # It was followed as it went: instances pending, phases running, not one final answer.
+    statuses = {i["status"] for state in seen for i in state["instances"]}
+    assert {"pending", "running", "ready"} <= statuses
+    running = [p for s in seen for i in s["instances"] for p in i["phases"].values()]
+    assert any(p["state"] == "running" and p["seconds"] is None for p in running)
+    assert len(seen) >= 5
+    done = wait_task(api, task_id)
+    assert done["status"] == "success" and done["detail"].startswith("2 instances ready: ph-1")
+
+    first = final["instances"][0]
+    ssh = api.get(f"{API}/vms/ph-1/ssh")
+    assert ssh.status_code == 200, ssh.text
+    access = ssh.json()
+    assert (access["vm"], access["user"], access["keypair"]) == ("ph-1", "root", "kp")
+    assert (access["address"], access["port"]) == ("127.0.0.1", first["port"])
+    assert access["identity"] == str(tmp_path / "kp")
+    assert access["host_key_alias"] == "ph-1.corral"
+    assert access["host_keys"] and access["host_keys"][0].startswith("ssh-ed25519 AAAA")
+    assert (
+        Path(access["known_hosts"]).read_text().startswith(f"ph-1.corral {access['host_keys'][0]}")
+    )
+    wait_for_sshd("ph-1", access["address"], access["port"], 10.0)
+    assert alice.get(f"{API}/vms/ph-1/ssh").status_code == 404
+    assert alice.get(f"{API}/vms/ph-1/ssh").json()["message"] == "vm 'ph-1' not found"

@@ -1,7 +1,10 @@
 """``/api/v1/events`` against the real daemon (``corral serve --detach``), with real QEMU: a
 VM started and paused through the API, destroyed by the CLI behind the API's back and killed
 outright shows up as task and VM events; another project's user sees none of them; the held
-events replay after ``Last-Event-ID``; a slow subscriber is told it lost events.
+events replay after ``Last-Event-ID``; a slow subscriber is told it lost events. QEMU's own
+events come as ``vm.qmp`` events: STOP and RESUME of a pause through the API (to a daemon
+restarted while the guest runs), RESET of a reset through the command monitor and of the
+guest's own reboot, SHUTDOWN of the guest's power-off.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -27,9 +31,11 @@ import pytest
 
 from corral.compute.context import Corral
 from corral.compute.define import CreateRequest, create
-from corral.compute.events import Broker, Event, Lost
+from corral.compute.events import Broker, Event, Lost, Subscription
 from corral.compute.reference import ensure_reference
 from corral.config import Home
+from corral.qemu.monitor import Monitor
+from tests.integration.conftest import GuestShell
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
 API = "/api/v1"
@@ -73,18 +79,21 @@ def daemon() -> Iterator[Daemon]:
     ctx = Corral(Home(home))
     ensure_reference(ctx)
     create(ctx, CreateRequest(name="ev-vm", image="reference", memory="128M"))
+    create(ctx, CreateRequest(name="ev-qmp", image="reference", memory="128M"))
     ctx.close()
-    run(home, "project", "create", "other")
-    made = run(home, "user", "create", "bob", "--role", "operator", "--project", "other",
-               "--token")  # fmt: skip
-    token = next(w for w in made.stdout.split() if w.startswith("crl_"))
     port = free_port()
+    # First: the CLI verbs below would start a daemon of their own (UNIX socket only).
     run(home, "serve", "--bind", f"127.0.0.1:{port}", "--detach")
     try:
+        run(home, "project", "create", "other")
+        made = run(home, "user", "create", "bob", "--role", "operator", "--project", "other",
+                   "--token")  # fmt: skip
+        token = next(w for w in made.stdout.split() if w.startswith("crl_"))
         yield Daemon(home, f"http://127.0.0.1:{port}", token)
     finally:
-        with contextlib.suppress(AssertionError):
-            run(home, "destroy", "ev-vm")
+        for vm in ("ev-vm", "ev-qmp"):
+            with contextlib.suppress(AssertionError):
+                run(home, "destroy", vm)
         run(home, "serve", "--stop")
         shutil.rmtree(home, ignore_errors=True)
 
@@ -157,6 +166,16 @@ def unix_client(home: Path) -> httpx.AsyncClient:
 
 def vm_state(name: str, state: str) -> Callable[[str, Any], bool]:
     return lambda event, data: event == "vm" and data["name"] == name and data["state"] == state
+
+
+def qmp_event(name: str, qmp: str, **details: Any) -> Callable[[str, Any], bool]:
+    """Matches VM ``name``'s QMP event ``qmp`` whose details include ``details``."""
+    return lambda event, data: (
+        event == "vm.qmp"
+        and data["name"] == name
+        and data["event"] == qmp
+        and details.items() <= data["details"].items()
+    )
 
 
 async def task_statuses(stream: Stream, task_id: str, since: int) -> list[str]:
@@ -237,6 +256,72 @@ def test_task_and_vm_events(daemon: Daemon) -> None:
     asyncio.run(scenario())
 
 
+def test_qmp_events(daemon: Daemon) -> None:
+    vm = "ev-qmp"
+    bearer = {"Authorization": f"Bearer {daemon.other_token}"}
+    ctx = Corral(Home(daemon.home))
+    shell = GuestShell(ctx, vm)
+    ctx.close()
+    qmp_socket = str(Home(daemon.home).vm_dir(vm) / "qmp.sock")
+
+    async def before_restart() -> None:
+        async with unix_client(daemon.home) as admin, subscribe(admin) as stream:
+            mark = stream.mark()
+            started = await admin.post(f"{API}/vms/{vm}/start", json={"wait": True})
+            assert started.status_code == 202, started.text
+            assert (await task_statuses(stream, started.json()["id"], mark))[-1] == "success"
+            await stream.until(vm_state(vm, "running"), "vm running", mark)
+
+    async def after_restart() -> None:
+        async with (
+            unix_client(daemon.home) as admin,
+            httpx.AsyncClient(base_url=daemon.tcp, timeout=httpx.Timeout(10.0, read=None)) as tcp,
+            subscribe(admin) as stream,
+        ):
+            # Pause and resume through the API: QEMU says STOP and RESUME, then the records.
+            mark = stream.mark()
+            assert (await admin.post(f"{API}/vms/{vm}/pause")).status_code == 202
+            stop = await stream.until(qmp_event(vm, "STOP"), "STOP", mark)
+            await stream.until(vm_state(vm, "paused"), "vm paused", mark)
+            assert (await admin.post(f"{API}/vms/{vm}/resume")).status_code == 202
+            resume = await stream.until(qmp_event(vm, "RESUME"), "RESUME", mark)
+            await stream.until(vm_state(vm, "running"), "vm running", mark)
+            assert resume["timestamp"] >= stop["timestamp"]
+
+            # A command on the command monitor while corrald listens on the events monitor.
+            mark = stream.mark()
+            await asyncio.to_thread(reset_through_monitor, qmp_socket)
+            await stream.until(qmp_event(vm, "RESET", guest=False), "RESET (QMP)", mark)
+
+            # The guest resets itself, then powers itself off.
+            mark = stream.mark()
+            await asyncio.to_thread(shell.run, "(sleep 0.2; reboot -f) & true")
+            await stream.until(qmp_event(vm, "RESET", guest=True), "RESET (guest)", mark)
+            mark = stream.mark()
+            await asyncio.to_thread(shell.run, "(sleep 0.2; poweroff -f) & true")
+            await stream.until(qmp_event(vm, "SHUTDOWN", guest=True), "SHUTDOWN", mark)
+            off = await stream.until(vm_state(vm, "shutoff"), "vm shutoff", mark)
+            assert off["reason"] == "guest powered off"
+
+            # The poll holds them too; another project's user sees none of them.
+            polled = (await admin.get(f"{API}/events")).json()["items"]
+            seen = [e["data"]["event"] for e in polled if e["kind"] == "vm.qmp"]
+            assert {"STOP", "RESUME", "RESET", "SHUTDOWN"} <= set(seen), seen
+            others = (await tcp.get(f"{API}/events", headers=bearer)).json()["items"]
+            assert [e for e in others if e["kind"] == "vm.qmp"] == []
+
+    asyncio.run(before_restart())
+    # The guest outlives its daemon; the next daemon listens to it from its start.
+    run(daemon.home, "serve", "--stop")
+    run(daemon.home, "serve", "--bind", daemon.tcp.removeprefix("http://"), "--detach")
+    asyncio.run(after_restart())
+
+
+def reset_through_monitor(qmp_socket: str) -> None:
+    with Monitor(qmp_socket) as mon:
+        mon.system_reset()
+
+
 def test_unauthenticated_and_bad_last_event_id(daemon: Daemon) -> None:
     with httpx.Client(base_url=daemon.tcp, timeout=10.0) as tcp:
         assert tcp.get(f"{API}/events", headers=SSE).status_code == 401
@@ -283,5 +368,36 @@ def test_close_ends_a_full_subscription() -> None:
         items = [await sub.next(1.0) for _ in range(3)]
         assert first is not None
         assert items == [first, Lost(1, first.id), None]
+
+    asyncio.run(scenario())
+
+
+def test_events_from_several_threads_arrive_in_id_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Task threads, the watcher and the QMP listeners publish at once; a subscriber still
+    gets the events in the order of their ids, however slowly each is handed on."""
+    deliver = Subscription.deliver
+
+    def slow_deliver(self: Subscription, event: Event | None) -> None:
+        time.sleep(0.0001)  # lets another publishing thread run in between
+        deliver(self, event)
+
+    monkeypatch.setattr(Subscription, "deliver", slow_deliver)
+
+    async def scenario() -> None:
+        broker = Broker(queue_size=1000)
+        sub, _ = broker.subscribe(lambda e: True)
+        start = threading.Barrier(4)
+
+        def publish(thread: int) -> None:
+            start.wait()
+            for i in range(100):
+                broker.publish("vm", None, {"thread": thread, "i": i})
+
+        await asyncio.gather(*(asyncio.to_thread(publish, t) for t in range(4)))
+        got = [await sub.next(1.0) for _ in range(400)]
+        ids = [e.id for e in got if isinstance(e, Event)]
+        assert len(ids) == 400
+        assert ids == sorted(ids)
+        broker.close()
 
     asyncio.run(scenario())

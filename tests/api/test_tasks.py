@@ -102,7 +102,7 @@ def test_life_cycle_through_tasks(ctx: Corral, api: TestClient) -> None:
     assert started["progress"] == 100 and started["error"] is None
     assert started["initiated_by"].startswith("local:")
     assert started["started_at"] and started["completed_at"]
-    assert started["detail"].startswith("running: ready")
+    assert started["detail"].startswith("started, ready in ")
     assert state(api, name) == "running"
     act(api, name, "pause")
     assert state(api, name) == "paused"

@@ -76,9 +76,14 @@ def test_each_user_sees_only_their_project(world: tuple[Corral, dict[str, str]])
         missing = alice.get("/api/v1/vms/no-such-vm")
         assert hidden.status_code == missing.status_code == 404
         assert hidden.json()["message"] == "vm 'p2-vm' not found"
-        # The reference image is in the default project: neither user sees it, nor who uses it.
-        assert alice.get("/api/v1/images").json()["total"] == 0
-        assert alice.get("/api/v1/images/reference").status_code == 404
+        # The reference image is in the default project: the public catalogue, which both
+        # read, but neither learns who else uses it.
+        assert [i["name"] for i in alice.get("/api/v1/images").json()["items"]] == ["reference"]
+        reference = bob.get("/api/v1/images/reference")
+        assert reference.status_code == 200
+        assert reference.json()["used_by"] == ["p2-vm"]
+        refused = alice.patch("/api/v1/images/reference", json={"os_hint": "debian"})
+        assert refused.status_code == 403, refused.text
         # The host summary and instance types are for every authenticated user.
         assert bob.get("/api/v1/host").status_code == 200
         assert bob.get("/api/v1/instance-types/t1.micro").status_code == 200
@@ -88,7 +93,7 @@ def test_sweep_other_projects_ids(world: tuple[Corral, dict[str, str]]) -> None:
     """Every by-name endpoint, with every name of the other project: 404 and no data."""
     with client(world, "alice") as alice:
         for template in ENDPOINTS:
-            for name in ("p2-vm", "reference"):
+            for name in ("p2-vm",):
                 answer = alice.get(template.format(name))
                 assert answer.status_code == 404, (template, name)
                 assert set(answer.json()) == {"error", "message", "field"}

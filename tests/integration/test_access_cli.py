@@ -1,12 +1,16 @@
-"""``corral project``, ``user``, ``token`` and ``audit`` through the real command, in fresh,
-throw-away state directories (no bootstrap step: their owner is the local admin)."""
+"""``corral project``, ``user``, ``token``, ``audit``, ``login``, ``logout`` and ``whoami``
+through the real command, in fresh, throw-away state directories (no bootstrap step: their
+owner is the local admin). Each command is a client of the state directory's daemon, which the
+first one starts; ``corral login`` talks to a daemon listening on TCP."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from corral.compute.context import Corral
 from corral.config import Home
 from corral.spec.vm import DiskSpec, VmSpec
 from corral.store.models import VmRow
+from tests import daemons
 from tests.integration.conftest import CORRAL
 
 TOKEN = re.compile(r"crl_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
@@ -32,24 +37,34 @@ class Homes:
         self.user = root / "user"
         self.user.mkdir()
 
+    @property
+    def config(self) -> Path:
+        """Where ``corral login`` keeps its login (``$XDG_CONFIG_HOME``)."""
+        return self.user / "config"
+
     def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         env = dict(
             os.environ,
             CORRAL_HOME=str(self.state),
             CORRAL_CACHE=str(self.state / "cache"),
             HOME=str(self.user),
+            XDG_CONFIG_HOME=str(self.config),
             COLUMNS="200",
         )
-        env.pop("CORRAL_DATABASE_URL", None)
-        return subprocess.run(
-            [CORRAL, *args],
-            env=env,
-            input=stdin if stdin is not None else "",
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        for name in ("CORRAL_DATABASE_URL", "CORRAL_URL", "CORRAL_TOKEN"):
+            env.pop(name, None)
+        try:
+            return subprocess.run(
+                [CORRAL, *args],
+                env=env,
+                input=stdin if stdin is not None else "",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            daemons.note(self.state)
 
     def ok(self, *args: str, stdin: str | None = None) -> str:
         result = self.run(*args, stdin=stdin)
@@ -75,8 +90,12 @@ class Homes:
 
 
 @pytest.fixture
-def homes(tmp_path: Path) -> Iterator[Homes]:
-    yield Homes(tmp_path)
+def homes() -> Iterator[Homes]:
+    """Short paths: the daemon's UNIX socket lives in the state directory."""
+    root = Path(tempfile.mkdtemp(prefix="ac-", dir="/tmp"))
+    yield Homes(root)
+    daemons.stop(root / "state")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_acceptance_project_then_user_with_a_token_shown_once(homes: Homes) -> None:
@@ -274,3 +293,88 @@ def test_admin_commands_are_audited(homes: Homes) -> None:
     table = homes.ok("audit", "list", "--action", "user.")
     assert "user.create" in table
     assert "project.create" not in table
+
+
+# --- corral login, whoami, logout -------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_login_over_tcp_then_verbs_act_as_that_user(homes: Homes) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    homes.ok("serve", "--bind", f"127.0.0.1:{port}", "--detach")
+    homes.ok("project", "create", "p1")
+    homes.ok("project", "create", "p2")
+    password = "a long enough password\n"
+    homes.ok("user", "create", "vic", "--role", "viewer", "--project", "p1", "--password-stdin",
+             stdin=password)  # fmt: skip
+    saved = homes.config / "corral" / "login.json"
+
+    # No terminal and no --password-stdin: refused at once, nothing saved.
+    assert homes.refused("login", url, "--user", "vic").startswith(
+        "password: no terminal to ask it on"
+    )
+    wrong = homes.refused("login", url, "--user", "vic", "--password-stdin", stdin="not it\n")
+    assert wrong == "authentication failed: the credentials are not valid"
+    assert not saved.exists()
+
+    out = homes.ok("login", f"127.0.0.1:{port}/", "--user", "vic", "--password-stdin",
+                   stdin=password)  # fmt: skip
+    assert f"logged in to {url} as vic (viewer; projects: p1)" in out
+    assert saved.stat().st_mode & 0o777 == 0o600
+    login = json.loads(saved.read_text())
+    assert (login["url"], login["user"]) == (url, "vic")
+    assert TOKEN.fullmatch(login["token"])
+    assert login["token"] not in out
+
+    # Every verb now goes to that daemon over TCP, as vic.
+    who = homes.json("whoami")
+    assert who == {"name": "vic", "role": "viewer", "local": False, "projects": ["p1"],
+                   "daemon": url}  # fmt: skip
+    assert [p["name"] for p in homes.json("project", "list")] == ["p1"]
+    assert [u["name"] for u in homes.json("user", "list")] == ["vic"]
+    [token] = homes.json("token", "list")
+    assert (token["name"], token["state"]) == ("corral-login", "active")
+    assert homes.refused("project", "quota", "p2", status=2) == "project 'p2' not found"
+    assert homes.refused("project", "delete", "p1") == "vic (viewer) may not manage project 'p1'"
+    assert homes.refused("audit", "list").endswith("may not manage the audit log")
+
+    out = homes.ok("logout")
+    assert out.strip() == f"logged out of {url}; its token is revoked"
+    assert not saved.exists()
+    assert homes.ok("logout").strip() == "not logged in"
+    local = homes.json("whoami")
+    assert (local["name"], local["local"]) == (f"local:{os.getuid()}", True)
+    [token] = homes.json("token", "list", "--user", "vic")
+    assert token["state"] == "revoked"
+    failed = homes.json("audit", "list", "--action", "user.login")
+    assert [(e["actor"], e["outcome"]) for e in failed] == [("vic", "Unauthenticated")]
+
+
+def test_login_with_a_token_keeps_it_on_logout(homes: Homes) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    homes.ok("serve", "--bind", f"127.0.0.1:{port}", "--detach")
+    homes.ok("project", "create", "p1")
+    homes.ok("user", "create", "ops", "--role", "operator", "--project", "p1")
+    made = homes.json("token", "create", "ops", "--name", "ci")
+    assert homes.refused("login", url, "--user", "root", "--token", made["token"]) == (
+        "user: the token is ops's, not root's"
+    )
+    out = homes.ok("login", url, "--token", "-", stdin=made["token"] + "\n")
+    assert f"logged in to {url} as ops (operator; projects: p1)" in out
+    refused = homes.refused("project", "create", "p9")
+    assert refused == "ops (operator) may not manage projects"
+    out = homes.ok("logout")
+    assert "its token was not made by corral login and stays valid" in out
+    [token] = homes.json("token", "list", "--user", "ops")
+    assert token["state"] == "active"
+    bad = homes.refused("login", "ftp://example.org", "--token", made["token"])
+    assert bad.startswith("url: 'ftp://example.org' is not http://HOST:PORT")

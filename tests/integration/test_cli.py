@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,62 @@ def test_image_in_use_cannot_be_deleted(corral_home: Path) -> None:
         assert "in use by user1" in line
     finally:
         ok(corral_home, "delete", "user1")
+
+
+def test_update_detach_and_keep_disks(corral_home: Path) -> None:
+    ok(corral_home, "create", "upd1", "--image", "reference", "--memory", "128M")
+    try:
+        said = ok(corral_home, "update", "upd1", "--vcpus", "2", "--memory", "192M")
+        assert said.strip() == "VM upd1 updated (2 vCPU, 192 MiB)"
+        assert refused(corral_home, "update", "upd1").startswith("error: update: nothing to change")
+        assert "upd1" not in [v["name"] for v in json.loads(ok(corral_home, "list", "--json"))]
+
+        detached = ok(corral_home, "start", "upd1", "--detach").split()
+        assert detached[0] == "task" and detached[2:4] == ["(vm.start", "upd1)"]
+        task = wait_task(corral_home, detached[1])
+        assert task["status"] == "success" and task["detail"] == "started", task
+        running = json.loads(ok(corral_home, "list", "--json"))
+        assert [(v["name"], v["vcpus"]) for v in running if v["name"] == "upd1"] == [("upd1", 2)]
+        line = refused(corral_home, "update", "upd1", "--memory", "256M")
+        assert line == (
+            "error: cannot update vm 'upd1': it is running; update needs defined, shutoff, crashed"
+        )
+        assert ok(corral_home, "destroy", "upd1").strip() == "VM upd1 destroyed (forced off)"
+    finally:
+        deleted = ok(corral_home, "delete", "upd1", "--keep-disks").splitlines()
+    assert deleted[0] == "VM upd1 deleted"
+    kept = Path(deleted[1].removeprefix("  kept disk "))
+    assert deleted[1].startswith("  kept disk ") and kept.parent == corral_home / "disks"
+    assert kept.stat().st_size > 0
+    kept.unlink()
+    leaves_nothing(corral_home, "upd1")
+
+
+def wait_task(home: Path, task_id: str, deadline: float = 120.0) -> dict[str, object]:
+    """``corral task show`` until the task's status is final."""
+    end = time.monotonic() + deadline
+    while True:
+        task: dict[str, object] = json.loads(ok(home, "task", "show", task_id, "--json"))
+        if task["status"] in ("success", "error", "cancelled"):
+            return task
+        assert time.monotonic() < end, task
+        time.sleep(0.1)
+
+
+def test_a_task_that_fails_exits_1_with_its_error(corral_home: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        forward = f"{port}:22"
+        ok(corral_home, "create", "fail1", "--image", "reference", "--forward", forward)
+        try:
+            result = cli(corral_home, "start", "fail1")
+            assert result.returncode == 1
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+            assert lines[0].startswith("error: QEMU exited with status ")
+            assert result.stdout == ""
+            assert json.loads(ok(corral_home, "info", "fail1", "--json"))["state"] == "defined"
+        finally:
+            ok(corral_home, "delete", "fail1")

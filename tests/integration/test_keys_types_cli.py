@@ -1,4 +1,8 @@
-"""``corral key`` and ``corral type`` through the real command, in throw-away homes."""
+"""``corral key`` and ``corral type`` through the real command, in throw-away homes.
+
+Each verb goes through the home's corrald (started by the first verb, stopped at the end):
+key pairs are made on this side, and only public keys reach the daemon.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,13 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import daemons
 from tests.integration.conftest import CORRAL
 
 needs_keygen = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="no ssh-keygen")
@@ -23,6 +30,7 @@ class Homes:
         self.state = root / "state"
         self.user = root / "user"
         self.user.mkdir()
+        self.state.mkdir(mode=0o700)
 
     def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         env = dict(
@@ -32,15 +40,18 @@ class Homes:
             HOME=str(self.user),
             COLUMNS="200",
         )
-        return subprocess.run(
-            [CORRAL, *args],
-            env=env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        try:
+            return subprocess.run(
+                [CORRAL, *args],
+                env=env,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            daemons.note(self.state)
 
     def ok(self, *args: str, stdin: str | None = None) -> str:
         result = self.run(*args, stdin=stdin)
@@ -62,8 +73,14 @@ class Homes:
 
 
 @pytest.fixture
-def homes(tmp_path: Path) -> Homes:
-    return Homes(tmp_path)
+def homes() -> Iterator[Homes]:
+    """Homes under a short path (the daemon's socket is in the state directory); its daemon
+    is stopped afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="ck-", dir="/tmp"))
+    made = Homes(root)
+    yield made
+    daemons.stop(made.state)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @needs_keygen

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -21,13 +24,14 @@ import pytest
 from corral.compute.context import Corral
 from corral.compute.reference import ensure_reference
 from corral.config import Home
-from tests.integration.conftest import cli
+from tests.integration.conftest import CORRAL, cli
 
 pytestmark = [pytest.mark.tcg, pytest.mark.slow]
 
 
 class User:
-    """A user with their own ``$HOME`` and corral state directory, typing ``corral``."""
+    """A user with their own ``$HOME`` and corral state directory, typing ``corral`` (at the
+    local daemon, or with ``remote=(url, token)`` at a daemon over TCP)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -37,6 +41,37 @@ class User:
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return cli(self.state, *args, timeout=timeout, env_home=self.home)
+
+    def env(self, remote: tuple[str, str] | None = None) -> dict[str, str]:
+        """The environment ``corral`` runs in (:func:`~tests.integration.conftest.cli`'s)."""
+        env = dict(os.environ, CORRAL_HOME=str(self.state), HOME=str(self.home), COLUMNS="200")
+        for name in ("CORRAL_URL", "CORRAL_TOKEN", "XDG_CONFIG_HOME", "XDG_STATE_HOME"):
+            env.pop(name, None)
+        if remote is not None:
+            env["CORRAL_URL"], env["CORRAL_TOKEN"] = remote
+        return env
+
+    def remote(self, remote: tuple[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        """``corral`` at a daemon over TCP, with a token."""
+        return subprocess.run(
+            [CORRAL, *args],
+            env=self.env(remote),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
+    def task(self, task_id: str, timeout: float = 180.0) -> dict[str, object]:
+        """Task ``task_id`` once it has ended (asked every 0.2 s, within ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            task: dict[str, object] = json.loads(self.ok("task", "show", task_id, "--json"))
+            if task["status"] in ("success", "error", "cancelled"):
+                return task
+            assert time.monotonic() < deadline, f"task still {task['status']}: {task}"
+            time.sleep(0.2)
 
     def ok(self, *args: str, timeout: float = 300) -> str:
         result = self.run(*args, timeout=timeout)
@@ -90,8 +125,14 @@ def test_acceptance(user: User) -> None:
     assert str(key) in created
     assert key.stat().st_mode & 0o777 == 0o600
 
-    out = user.ok("launch", "web", "--image", "reference", "--type", "t1.micro", "--key", "k1")
+    launched = user.run("launch", "web", "--image", "reference", "--type", "t1.micro", "--key",
+                        "k1")  # fmt: skip
+    assert launched.returncode == 0, launched.stderr
+    out = launched.stdout
     assert "ssh" in out and "127.0.0.1" in out
+    # Followed through the API: one line per phase as it ends (stderr is no terminal here).
+    phases = [line.split()[:2] for line in launched.stderr.splitlines()]
+    assert phases == [["web:", p] for p in ("clone", "seed", "start", "boot", "ready")]
 
     result = user.run("ssh", "web", "--", "hostname")
     assert result.returncode == 0, result.stderr
@@ -253,3 +294,88 @@ def test_never_ready_is_left_for_inspection(user: User) -> None:
     user.ok("destroy", "mute1")
     user.ok("delete", "mute1")
     assert user.vm_dirs() == []
+
+
+def test_an_interrupted_launch_goes_on_and_no_wait_returns_once_qemu_runs(user: User) -> None:
+    """Ctrl-C stops following the launch, not the launch; --no-wait returns once QEMU runs
+    (the task still waits for SSH)."""
+    user.ok("key", "create", "k")
+    said = user.root / "launch.err"
+    with said.open("w") as err:
+        following = subprocess.Popen(
+            [CORRAL, "launch", "bg", "-i", "reference", "-t", "t1.nano", "-k", "k"],
+            env=user.env(),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+    deadline = time.monotonic() + 60
+    while "bg: clone" not in said.read_text():
+        assert following.poll() is None, said.read_text()
+        assert time.monotonic() < deadline, "no clone line within 60 s"
+        time.sleep(0.05)
+    following.send_signal(signal.SIGINT)
+    out, _ = following.communicate(timeout=60)
+    assert following.returncode == 130, said.read_text()
+    assert out == ""
+    told = re.search(r"interrupted: the launch goes on as task ([0-9a-f-]{36})", said.read_text())
+    assert told is not None, said.read_text()
+    task = user.task(told[1])
+    assert task["status"] == "success", task
+    assert user.ok("ssh", "bg", "--", "hostname").strip() == "bg"
+
+    base = ["-i", "reference", "-t", "t1.nano", "-k", "k"]
+    launched = json.loads(user.ok("launch", "nw", *base, "--no-wait", "--json"))
+    assert [(i["name"], i["status"], i["ssh"]) for i in launched] == [("nw", "running", None)]
+    assert list(launched[0]["phases"]) == ["clone", "seed", "start"]
+    assert isinstance(launched[0]["port"], int) and launched[0]["instance_id"].startswith("i-")
+    tasks = json.loads(user.ok("task", "list", "--vm", "nw", "--json"))
+    assert [t["name"] for t in tasks] == ["vm.launch"]
+    assert user.task(tasks[0]["id"])["status"] == "success"  # it went on to wait for SSH
+    assert user.ok("ssh", "nw", "--", "hostname").strip() == "nw"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _token(printed: str) -> str:
+    return next(word for word in printed.split() if word.startswith("crl_"))
+
+
+def test_launch_and_ssh_through_a_daemon_over_tcp(user: User) -> None:
+    """A client of a daemon over TCP launches and logs in: the host keys go to a known_hosts
+    file of its own, checked strictly; another project's user is told the VM does not exist."""
+    port = _free_port()
+    user.ok("serve", "--bind", f"127.0.0.1:{port}", "--detach")
+    url = f"http://127.0.0.1:{port}"
+    user.ok("key", "create", "k")
+    user.ok("project", "create", "p2")
+    carol = (url, _token(user.ok("user", "create", "carol", "--role", "operator", "--project",
+                                 "default", "--token")))  # fmt: skip
+    dave = (url, _token(user.ok("user", "create", "dave", "--role", "operator", "--project",
+                                "p2", "--token")))  # fmt: skip
+
+    launched = user.remote(carol, "launch", "far", "-i", "reference", "-t", "t1.nano", "-k", "k")
+    assert launched.returncode == 0, launched.stderr
+    known = user.home / ".local" / "state" / "corral" / "known_hosts" / f"127.0.0.1-{port}" / "far"
+    assert known.read_text().startswith("far.corral ssh-ed25519 AAAA")
+    assert known.stat().st_mode & 0o777 == 0o600
+    assert f"UserKnownHostsFile={known}" in launched.stdout
+    printed = user.remote(carol, "ssh", "far", "--print")
+    assert printed.returncode == 0, printed.stderr
+    assert f"UserKnownHostsFile={known}" in printed.stdout
+    assert "StrictHostKeyChecking=yes" in printed.stdout
+    assert "ProxyJump" not in printed.stdout  # the daemon's host is this one
+    assert str(user.home / ".ssh" / "corral-k") in printed.stdout
+    hostname = user.remote(carol, "ssh", "far", "--", "hostname")
+    assert hostname.returncode == 0, hostname.stderr
+    assert hostname.stdout.strip() == "far"
+
+    for verb in (["ssh", "far", "--", "hostname"], ["scp", "far:/etc/hostname", "/tmp/x"]):
+        hidden = user.remote(dave, *verb)
+        assert hidden.returncode == 2, hidden.stderr
+        assert "vm 'far' not found" in hidden.stderr

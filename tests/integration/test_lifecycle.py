@@ -134,28 +134,54 @@ def test_destroy_ends_qemu_at_once(ctx: Corral, vm: str) -> None:
     assert not (ctx.home.vm_dir(vm) / "qmp.sock").exists()
 
 
-def test_corral_killed_mid_start_leaves_a_state_the_next_command_understands(
+def test_ctrl_c_while_waiting_leaves_the_start_to_corrald_and_says_so(
     ctx: Corral, vm: str, corral_home: Path
 ) -> None:
+    import json
     import subprocess
 
     from tests.integration.conftest import CORRAL
 
     env = dict(os.environ, CORRAL_HOME=str(corral_home))
-    proc = subprocess.Popen([CORRAL, "start", vm, "--wait"], env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [CORRAL, "start", vm, "--wait"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     pidfile = ctx.home.vm_dir(vm) / "qemu.pid"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not pidfile.exists():
         assert time.monotonic() < deadline
         assert proc.poll() is None
         time.sleep(0.005)
-    proc.kill()
-    proc.wait()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("interrupted: task ")
+    assert f"(vm.start {vm}) goes on in corrald; follow it with corral task show " in lines[0]
+    task_id = lines[0].split()[2]
+    # The task runs on to its end without the command that asked for it.
+    deadline = time.monotonic() + 120
+    while True:
+        shown = cli(corral_home, "task", "show", task_id, "--json")
+        assert shown.returncode == 0, shown.stderr
+        task = json.loads(shown.stdout)
+        if task["status"] in ("success", "error", "cancelled"):
+            break
+        assert time.monotonic() < deadline, task
+        time.sleep(0.1)
+    assert task["status"] == "success", task
+    assert task["detail"].startswith("started, ready in ")
     result = cli(corral_home, "info", vm, "--json")
     assert result.returncode == 0, result.stderr
-    assert '"state": "running"' in result.stdout
+    assert json.loads(result.stdout)["state"] == "running"
     result = cli(corral_home, "stop", vm)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"VM {vm} is shut off (guest powered off)"
     assert info(ctx, vm).state == "shutoff"
 
 

@@ -9,7 +9,6 @@ as starting replace the start with a no-op.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 import threading
@@ -34,7 +33,8 @@ from corral.compute.reference import REFERENCE, ensure_reference
 from corral.config import Home
 from corral.errors import NotFound, QuotaExceeded
 from corral.store.models import DEFAULT_PROJECT_ID, ImageRow, KeyPairRow, ProjectRow, VmRow
-from tests.integration.conftest import CORRAL
+from tests import daemons
+from tests.integration.conftest import cli
 
 ADMIN = Principal(name="local:test", role=Role.ADMIN, is_local=True)
 MIB = 1024 * 1024
@@ -50,6 +50,7 @@ def ctx() -> Iterator[Corral]:
     projects.create_project(c, ADMIN, "p2")
     yield c
     c.close()
+    daemons.stop(root)  # the one a CLI verb started
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
@@ -338,17 +339,8 @@ def test_launch_race_is_refused_at_insert_and_rolled_back(
 
 
 def _cli(ctx: Corral, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CORRAL_HOME=str(ctx.home.root), COLUMNS="200")
-    env.pop("CORRAL_DATABASE_URL", None)
-    return subprocess.run(
-        [CORRAL, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    """The real command on ``ctx``'s state directory (its daemon started on demand)."""
+    return cli(ctx.home.root, *args, timeout=120)
 
 
 def test_cli_create_in_a_project_and_quota_refusal(ctx: Corral) -> None:
@@ -372,6 +364,23 @@ def test_cli_create_in_a_project_and_quota_refusal(ctx: Corral) -> None:
     unknown = _cli(ctx, "create", "c", "--image", REFERENCE, "--project", "nope")
     assert unknown.returncode == 2
     assert "project 'nope' not found" in unknown.stderr
+
+
+def test_cli_update_grows_within_the_quota(ctx: Corral) -> None:
+    made = _cli(ctx, "create", "a", "--image", REFERENCE, "--memory", "128M", "--project", "p1")
+    assert made.returncode == 0, made.stderr
+    _set(ctx, "p1", vcpus=2, memory=256 * MIB)
+    grown = _cli(ctx, "update", "a", "--vcpus", "2", "--memory", "256M")
+    assert grown.returncode == 0, grown.stderr
+    assert grown.stdout.strip() == "VM a updated (2 vCPU, 256 MiB)"
+    refused = _cli(ctx, "update", "a", "--vcpus", "3")
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert "quota vcpus of project 'p1' exceeded" in lines[0]
+    shown = json.loads(_cli(ctx, "info", "a", "--json").stdout)
+    assert (shown["vcpus"], shown["memory"]) == (2, 256 * MIB)
+    assert quotas.get_quota(ctx, ADMIN, "p1").usage["vcpus"] == 2
 
 
 def test_cli_key_and_image_in_a_project(ctx: Corral, tmp_path: Path) -> None:

@@ -140,11 +140,20 @@ def test_qemuopts_paths_are_escaped(root: str) -> None:
     spec = make_spec(vnc={"listen": "unix"})
     paths = make_paths(spec, root)
     argv = build(spec, paths=paths)
-    monitor, serial = (parse_qemu_opts(v, implied="backend") for v in values(argv, "-chardev"))
+    monitor, events, serial = (
+        parse_qemu_opts(v, implied="backend") for v in values(argv, "-chardev")
+    )
     assert monitor == {
         "backend": "socket",
         "id": "charmonitor",
         "path": paths.qmp_socket,
+        "server": "on",
+        "wait": "off",
+    }
+    assert events == {
+        "backend": "socket",
+        "id": "charevents",
+        "path": paths.events_socket,
         "server": "on",
         "wait": "off",
     }
@@ -286,6 +295,17 @@ def test_bootindex_on_first_disk_for_firmware_boot_only() -> None:
     assert all("bootindex" not in d for d in kernel)
 
 
+def test_two_qmp_monitors_commands_and_events() -> None:
+    """Commands and the long-lived events client each have a QMP monitor of their own."""
+    argv = build(make_spec())
+    assert [parse_qemu_opts(v) for v in values(argv, "-mon")] == [
+        {"chardev": "charmonitor", "id": "monitor", "mode": "control"},
+        {"chardev": "charevents", "id": "events", "mode": "control"},
+    ]
+    paths = make_paths(make_spec())
+    assert paths.events_socket != paths.qmp_socket
+
+
 # -- CPU, display, sandbox
 
 
@@ -333,7 +353,8 @@ def test_seccomp_follows_caps() -> None:
 def test_serial_disabled() -> None:
     argv = build(make_spec(serial={"enabled": False}))
     assert [parse_qemu_opts(v, "backend")["id"] for v in values(argv, "-chardev")] == [
-        "charmonitor"
+        "charmonitor",
+        "charevents",
     ]
     assert json_values(argv, "-device") == []
 

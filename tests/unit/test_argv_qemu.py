@@ -147,6 +147,7 @@ async def inspect(paths: VmPaths, proc: subprocess.Popen[bytes], err: Path) -> d
             "human-monitor-command", {"command-line": "info usernet"}
         )
         answers["pidfile"] = pid
+        answers["events-monitor"] = await run_states_seen(paths, proc, err, qmp)
         await qmp.execute("quit")
     except BaseException:
         await qmp.disconnect()
@@ -155,6 +156,28 @@ async def inspect(paths: VmPaths, proc: subprocess.Popen[bytes], err: Path) -> d
     with contextlib.suppress(EOFError):
         await qmp.disconnect()
     return answers
+
+
+async def run_states_seen(
+    paths: VmPaths, proc: subprocess.Popen[bytes], err: Path, qmp: QMPClient
+) -> dict[str, list[str]]:
+    """With a client on the events monitor too, run and stop the vCPUs through the command
+    monitor: the run-state events each monitor received (both get every event)."""
+    events = await connect(paths.events_socket, proc, err)
+    try:
+        await qmp.execute("cont")
+        await qmp.execute("stop")
+        seen: dict[str, list[str]] = {}
+        for label, client in (("charmonitor", qmp), ("charevents", events)):
+            names: list[str] = []
+            while "STOP" not in names:
+                event = await asyncio.wait_for(client.events.get(), DEADLINE)
+                if event["event"] in ("RESUME", "STOP"):
+                    names.append(event["event"])
+            seen[label] = names
+        return seen
+    finally:
+        await events.disconnect()
 
 
 def run_paused(argv: list[str], paths: VmPaths, workdir: Path) -> dict[str, Any]:
@@ -288,7 +311,11 @@ def test_qemu_accepts_kernel_boot_argv(workdir: Path) -> None:
     assert attached_nodes(answers) == {"disk-root": "root.0.fmt", "disk-data": "data.0.fmt"}
 
     labels = {c["label"] for c in answers["query-chardev"]}
-    assert {"charmonitor", "charserial0"} <= labels
+    assert {"charmonitor", "charevents", "charserial0"} <= labels
+    assert answers["events-monitor"] == {
+        "charmonitor": ["RESUME", "STOP"],
+        "charevents": ["RESUME", "STOP"],
+    }
     assert answers["query-vnc"]["enabled"] is True
     assert re.search(rf"TCP\[HOST_FORWARD\].*127\.0\.0\.1\s+{port}\s", answers["usernet"])
     assert answers["pidfile"] == answers["pid"]
@@ -409,4 +436,5 @@ def test_qemu_accepts_variants(
     assert attached_nodes(answers) == expected
     labels = {c["label"] for c in answers["query-chardev"]}
     assert ("charserial0" in labels) == spec.serial.enabled
+    assert "charevents" in labels
     assert answers["query-vnc"]["enabled"] is (spec.vnc is not None)

@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from corral.access.checks import MAX_PAGE, check_page
 from corral.access.principal import Principal, require_admin
 from corral.errors import CorralError, InvalidInput
 from corral.store.models import AuditRow, as_utc, utcnow
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 #: Outcome of an operation that succeeded.
 OK = "ok"
 #: Most entries one :func:`list_entries` returns.
-MAX_LIMIT = 1000
+MAX_LIMIT = MAX_PAGE
 
 
 @dataclass(frozen=True)
@@ -225,28 +226,12 @@ def _view(row: AuditRow) -> AuditEntry:
     )
 
 
-def list_entries(
-    ctx: Corral,
-    principal: Principal,
-    filters: AuditFilter | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> list[AuditEntry]:
-    """Entries of the log, newest first.
+def _where(f: AuditFilter) -> list[ColumnElement[bool]]:
+    """The ``WHERE`` clauses of ``f``.
 
-    :param principal: who asks; only an admin reads the log.
-    :param limit: at most this many entries (1 to :data:`MAX_LIMIT`).
-    :param offset: skip this many of the newest entries first.
-    :raise Forbidden: ``principal`` is not an admin.
-    :raise InvalidInput: ``limit`` or ``offset`` is out of range.
+    :raise InvalidInput: ``since`` is out of range once moved to UTC.
     """
-    require_admin(principal, "the audit log")
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput("limit", f"must be between 1 and {MAX_LIMIT}, not {limit}")
-    if offset < 0:
-        raise InvalidInput("offset", f"must be 0 or more, not {offset}")
-    query = select(AuditRow)
-    f = filters or AuditFilter()
+    clauses: list[ColumnElement[bool]] = []
     exact = {
         AuditRow.actor: f.actor,
         AuditRow.target_kind: f.target_kind,
@@ -256,15 +241,67 @@ def list_entries(
     }
     for column, value in exact.items():
         if value is not None:
-            query = query.where(column == value)
+            clauses.append(column == value)
     if f.action is not None:
         if f.action.endswith("."):
-            query = query.where(AuditRow.action.startswith(f.action, autoescape=True))
+            clauses.append(AuditRow.action.startswith(f.action, autoescape=True))
         else:
-            query = query.where(AuditRow.action == f.action)
+            clauses.append(AuditRow.action == f.action)
     if f.since is not None:
-        query = query.where(AuditRow.at >= as_utc(f.since).astimezone(UTC))
-    query = query.order_by(AuditRow.id.desc()).limit(limit).offset(offset)
+        try:
+            since = as_utc(f.since).astimezone(UTC)
+        except OverflowError:
+            raise InvalidInput("since", "out of range in UTC") from None
+        clauses.append(AuditRow.at >= since)
+    return clauses
+
+
+def _matches_nothing(f: AuditFilter) -> bool:
+    """Whether a text of ``f`` holds a NUL: nothing recorded does (:func:`record` writes
+    it as ``\\0``), and PostgreSQL refuses one in a query."""
+    texts = (f.actor, f.action, f.target_kind, f.target_name, f.project, f.outcome)
+    return any(text is not None and "\x00" in text for text in texts)
+
+
+def page_entries(
+    ctx: Corral,
+    principal: Principal,
+    filters: AuditFilter | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[AuditEntry], int]:
+    """Entries of the log, newest first, and how many match over all pages.
+
+    :param principal: who asks; only an admin reads the log.
+    :param limit: at most this many entries (1 to :data:`MAX_LIMIT`).
+    :param offset: skip this many of the newest entries first.
+    :raise Forbidden: ``principal`` is not an admin.
+    :raise InvalidInput: ``limit`` or ``offset`` is out of range.
+    """
+    require_admin(principal, "the audit log")
+    check_page(limit, offset)
+    f = filters or AuditFilter()
+    if _matches_nothing(f):
+        return [], 0
+    where = _where(f)
+    query = select(AuditRow).where(*where).order_by(AuditRow.id.desc())
+    counting = select(func.count()).select_from(AuditRow).where(*where)
     with ctx.db.session() as session:
-        rows = list(session.scalars(query))
-    return [_view(row) for row in rows]
+        rows = list(session.scalars(query.limit(limit).offset(offset)))
+        total = session.scalar(counting) or 0
+    return [_view(row) for row in rows], total
+
+
+def list_entries(
+    ctx: Corral,
+    principal: Principal,
+    filters: AuditFilter | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[AuditEntry]:
+    """Entries of the log, newest first (:func:`page_entries` without the count).
+
+    :raise Forbidden: ``principal`` is not an admin.
+    :raise InvalidInput: ``limit`` or ``offset`` is out of range.
+    """
+    return page_entries(ctx, principal, filters, limit, offset)[0]

@@ -11,7 +11,6 @@ and to anyone else another project does not exist (:class:`~corral.errors.NotFou
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from corral.access import checks
 from corral.access.audit import audited
+from corral.access.checks import check_description, check_project_name, is_project_name
 from corral.access.principal import Principal, require_admin, visible_projects
 from corral.errors import AlreadyExists, InUse, InvalidInput, NotFound
 from corral.store.models import (
@@ -32,24 +33,28 @@ from corral.store.models import (
     QuotaRow,
     UserRow,
     VmRow,
+    VolumeRow,
     as_utc,
 )
 
 if TYPE_CHECKING:
     from corral.compute.context import Corral
 
-#: A project's name: what VM names allow (it may become part of paths and URLs).
-PROJECT_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-#: Longest description, in characters.
-MAX_DESCRIPTION = 1000
+#: A project's name (:mod:`corral.access.checks` holds the rules).
+PROJECT_NAME_PATTERN = checks.PROJECT_NAME_PATTERN
+
 #: How many of the objects that keep a project alive :class:`InUse` names.
 _SHOWN_OWNED = 5
 
+#: A table of objects a project owns.
+OwnedModel = type[VmRow] | type[ImageRow] | type[KeyPairRow] | type[VolumeRow]
+
 #: The tables of objects a project owns, with the kind each holds.
-OWNED_KINDS: tuple[tuple[str, type[VmRow] | type[ImageRow] | type[KeyPairRow]], ...] = (
+OWNED_KINDS: tuple[tuple[str, OwnedModel], ...] = (
     ("vm", VmRow),
     ("image", ImageRow),
     ("key pair", KeyPairRow),
+    ("volume", VolumeRow),
 )
 
 
@@ -66,19 +71,10 @@ class ProjectView:
     vms: int
     images: int
     keypairs: int
+    volumes: int
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_project_name(name: str) -> None:
-    """:raise InvalidInput: ``name`` is not a valid project name (field ``name``)."""
-    if not re.match(PROJECT_NAME_PATTERN, name):
-        raise InvalidInput(
-            "name",
-            f"{name!r} is not allowed: use 1-63 lower-case letters, digits and '-', "
-            "starting with a letter or digit",
-        )
 
 
 def find_project(session: Session, principal: Principal, name: str) -> ProjectRow:
@@ -86,7 +82,7 @@ def find_project(session: Session, principal: Principal, name: str) -> ProjectRo
 
     :raise NotFound: there is no such project, or ``principal`` is no member of it.
     """
-    if not re.match(PROJECT_NAME_PATTERN, name):  # no such name can exist; keep it off SQL
+    if not is_project_name(name):  # no such name can exist; keep it off SQL
         raise NotFound("project", name)
     row = session.scalars(select(ProjectRow).where(ProjectRow.name == name)).first()
     visible = visible_projects(principal)
@@ -95,7 +91,7 @@ def find_project(session: Session, principal: Principal, name: str) -> ProjectRo
     return row
 
 
-def _counts(session: Session, model: type[VmRow] | type[ImageRow] | type[KeyPairRow]) -> Any:
+def _counts(session: Session, model: OwnedModel) -> Any:
     query = select(model.project_id, func.count()).group_by(model.project_id)
     return dict(session.execute(query).all())
 
@@ -109,7 +105,7 @@ def _views(session: Session, rows: list[ProjectRow]) -> list[ProjectView]:
     )
     for project_id, user in session.execute(query):
         members.setdefault(project_id, []).append(user)
-    vms, images, keys = (_counts(session, model) for _, model in OWNED_KINDS)
+    vms, images, keys, volumes = (_counts(session, model) for _, model in OWNED_KINDS)
     return [
         ProjectView(
             id=row.id,
@@ -120,6 +116,7 @@ def _views(session: Session, rows: list[ProjectRow]) -> list[ProjectView]:
             vms=vms.get(row.id, 0),
             images=images.get(row.id, 0),
             keypairs=keys.get(row.id, 0),
+            volumes=volumes.get(row.id, 0),
         )
         for row in rows
     ]
@@ -135,10 +132,7 @@ def create_project(ctx: Corral, actor: Principal, name: str, description: str = 
     with audited(ctx, actor, "project.create", "project", name, project=name) as op:
         require_admin(actor, "projects")
         check_project_name(name)
-        if len(description) > MAX_DESCRIPTION or "\n" in description:
-            raise InvalidInput(
-                "description", f"must be one line of at most {MAX_DESCRIPTION} characters"
-            )
+        check_description(description)
         session = op.session
         if session.scalars(select(ProjectRow.id).where(ProjectRow.name == name)).first():
             raise AlreadyExists("project", name)
@@ -166,6 +160,27 @@ def get_project(ctx: Corral, actor: Principal, name: str) -> ProjectView:
     """:raise NotFound: no such project, or ``actor`` is no member of it."""
     with ctx.db.session() as session:
         return _views(session, [find_project(session, actor, name)])[0]
+
+
+def update_project(
+    ctx: Corral, actor: Principal, name: str, description: str | None = None
+) -> ProjectView:
+    """Change what a project says of itself; what is left ``None`` stays.
+
+    :raise NotFound: no such project, or ``actor`` is no member of it.
+    :raise Forbidden: ``actor`` sees it but is not an admin.
+    :raise InvalidInput: a bad description.
+    """
+    detail = {} if description is None else {"description": description}
+    with audited(ctx, actor, "project.update", "project", name, project=name, detail=detail) as op:
+        row = find_project(op.session, actor, name)
+        require_admin(actor, f"project {name!r}")
+        if description is not None:
+            check_description(description)
+            op.detail["changed"] = row.description != description
+            row.description = description
+        op.session.flush()
+        return _views(op.session, [row])[0]
 
 
 def owned_objects(session: Session, project_id: str) -> list[str]:

@@ -5,6 +5,8 @@ drift from the rows it counts): every VM of the project counts one instance, its
 and memory, and the provisioned (virtual) size of its disks: a disk's ``size``, or for a
 clone that keeps its image's size, the image's virtual size. The seed ISO is not counted.
 Every VM counts, running or not: a defined VM holds its disks and may start at any time.
+Every volume of the project counts its provisioned size as disk, attached or not (a volume
+attached to a VM is not among the VM's disks, so nothing is counted twice).
 
 :func:`check_quota` is pure. :func:`reserving` makes the check and the insert atomic:
 
@@ -14,7 +16,8 @@ Every VM counts, running or not: a defined VM holds its disks and may start at a
   lock at once (what ``BEGIN IMMEDIATE`` does; the other writers wait up to the busy
   timeout);
 * under the lock it computes the usage from the committed rows, checks the demand, and hands
-  the session to the caller, who inserts the new row;
+  the session to the caller, who inserts the new row (:func:`reserve` does the same in a
+  transaction the caller already has);
 * the commit publishes the row and releases the lock; the next creator computes its usage
   with that row in it (PostgreSQL's READ COMMITTED gives each statement a fresh snapshot, so
   the usage query after the lock sees it).
@@ -30,14 +33,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from corral.access.audit import audited
 from corral.access.principal import Action, Principal, authorize, require_admin
 from corral.access.projects import find_project
 from corral.errors import InvalidInput, NotFound, QuotaExceeded
-from corral.store.models import ImageRow, ProjectRow, QuotaRow, VmRow
+from corral.store.models import ImageRow, ProjectRow, QuotaRow, VmRow, VolumeRow
 from corral.units import format_size
 
 if TYPE_CHECKING:
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
 RESOURCES = ("instances", "vcpus", "memory", "disk")
 #: Quotas counted in bytes (the others are counts).
 BYTE_RESOURCES = frozenset({"memory", "disk"})
+#: The largest limit of each quota: what its column holds (counts in 32 bits, bytes in 64).
+MAX_LIMITS = {"instances": 2**31 - 1, "vcpus": 2**31 - 1, "memory": 2**63 - 1, "disk": 2**63 - 1}
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class Usage:
     vcpus: int = 0
     #: Guest memory of all its VMs, in bytes.
     memory: int = 0
-    #: Provisioned size of all its VMs' disks, in bytes.
+    #: Provisioned size of all its VMs' disks and of its volumes, in bytes.
     disk: int = 0
 
     def __add__(self, other: Usage) -> Usage:
@@ -67,7 +72,8 @@ class Usage:
 
 @dataclass(frozen=True)
 class Demand:
-    """What a create asks for on top of the usage (one VM, by default)."""
+    """What a create asks for on top of the usage (one VM, by default; a volume asks for
+    ``Demand(instances=0, disk=size)``)."""
 
     instances: int = 1
     vcpus: int = 0
@@ -167,7 +173,8 @@ def image_sizes(session: Session, names: Iterable[str]) -> dict[str, int]:
 
 
 def project_usage(session: Session, project_id: str) -> Usage:
-    """What the project holds now, from its VMs' specs and their images' sizes."""
+    """What the project holds now, from its VMs' specs, their images' sizes and its volumes'
+    sizes."""
     from corral.spec.vm import VmSpec
 
     specs = [
@@ -175,7 +182,10 @@ def project_usage(session: Session, project_id: str) -> Usage:
         for raw in session.scalars(select(VmRow.spec).where(VmRow.project_id == project_id))
     ]
     sizes = image_sizes(session, (d.image for s in specs for d in s.disks if d.image))
-    total = Usage()
+    volumes = session.scalar(
+        select(func.coalesce(func.sum(VolumeRow.size), 0)).where(VolumeRow.project_id == project_id)
+    )
+    total = Usage(disk=int(volumes or 0))
     for spec in specs:
         total = total + vm_usage(spec, sizes)
     return total
@@ -237,6 +247,18 @@ def _check_fits(session: Session, project: ProjectRow, demand: Demand) -> None:
     check_quota(project_usage(session, project.id), quota, demand)
 
 
+def reserve(session: Session, project_id: str, demand: Demand) -> None:
+    """Take the project's lock in ``session`` and check ``demand`` fits under it; the
+    caller inserts its row in the same transaction, whose commit publishes the row and
+    releases the lock (what :func:`reserving` does, in a transaction the caller already has,
+    such as an :func:`~corral.access.audit.audited` one).
+
+    :raise NotFound: no such project.
+    :raise QuotaExceeded: the demand does not fit.
+    """
+    _check_fits(session, lock_project(session, project_id), demand)
+
+
 @contextmanager
 def reserving(ctx: Corral, project_id: str, demand: Demand) -> Iterator[Session]:
     """A transaction in which ``demand`` fits the project's quota, for the caller's insert.
@@ -253,8 +275,7 @@ def reserving(ctx: Corral, project_id: str, demand: Demand) -> Iterator[Session]
     :raise QuotaExceeded: the demand does not fit; nothing was inserted.
     """
     with ctx.db.session() as session:
-        project = lock_project(session, project_id)
-        _check_fits(session, project, demand)
+        reserve(session, project_id, demand)
         yield session
 
 
@@ -279,12 +300,13 @@ def get_quota(ctx: Corral, actor: Principal, project: str) -> QuotaView:
 
 
 def check_limits(limits: Mapping[str, int | None]) -> None:
-    """:raise InvalidInput: an unknown resource or a negative limit (naming the resource)."""
+    """:raise InvalidInput: an unknown resource, or a limit that is negative or larger than
+    :data:`MAX_LIMITS` allows (naming the resource)."""
     for name, value in limits.items():
         if name not in RESOURCES:
             raise InvalidInput(name, f"no such quota; quotas are {', '.join(RESOURCES)}")
-        if value is not None and value < 0:
-            raise InvalidInput(name, f"must be 0 or more, not {value}")
+        if value is not None and not 0 <= value <= MAX_LIMITS[name]:
+            raise InvalidInput(name, f"must be between 0 and {MAX_LIMITS[name]}, not {value}")
 
 
 def set_quota(

@@ -11,7 +11,9 @@ never says which (:class:`~corral.errors.Unauthenticated`). Its ``last_used_at``
 most once a minute, to spare the database a write per request.
 
 A user creates, lists and revokes its own tokens; an admin anyone's. To anyone else another
-user's token does not exist (:class:`~corral.errors.NotFound`).
+user's token does not exist (:class:`~corral.errors.NotFound`). A user with a password also
+gets a token by :func:`login`: the password is checked once, and the token (which expires)
+signs the requests that follow.
 """
 
 from __future__ import annotations
@@ -27,31 +29,34 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from corral.access.audit import audited
+from corral.access import checks
+from corral.access.audit import audited, record
+from corral.access.checks import (
+    LOGIN_TOKEN_NAME,
+    TOKEN_PREFIX,
+    check_lifetime,
+    check_token_name,
+    check_token_ref,
+    token_id_of,
+)
 from corral.access.principal import Principal
-from corral.access.users import find_user, principal_of
+from corral.access.users import authenticate_password, find_user, principal_of
 from corral.errors import InvalidInput, NotFound, Unauthenticated
 from corral.store.models import TOKEN_ID_LENGTH, TokenRow, UserRow, as_utc, utcnow
 
 if TYPE_CHECKING:
     from corral.compute.context import Corral
 
-#: What every token starts with: it tells a corral token apart in a config file or a leak scan.
-TOKEN_PREFIX = "crl_"  # noqa: S105 - not a secret
 #: A whole token (to match with ``fullmatch``): the prefix, the id, the secret.
 TOKEN_PATTERN = re.compile(rf"{TOKEN_PREFIX}([0-9a-f]{{{TOKEN_ID_LENGTH}}})_[A-Za-z0-9_-]{{43}}")
 #: How many characters of a token are kept to show it: the prefix and 8 of the id's digits.
 DISPLAY_LENGTH = len(TOKEN_PREFIX) + 8
 #: ``last_used_at`` is written when it is older than this.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-#: A token's name.
-TOKEN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$"  # noqa: S105
-#: Shortest and longest lifetimes a token may be given.
-MIN_LIFETIME = timedelta(minutes=1)
-MAX_LIFETIME = timedelta(days=3660)
-
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: How long a token made by :func:`login` lasts, unless asked otherwise.
+LOGIN_LIFETIME = timedelta(days=30)
+#: ``30d`` -> 30 days (:func:`corral.access.checks.parse_duration`, where the rules live).
+parse_duration = checks.parse_duration
 
 
 @dataclass(frozen=True)
@@ -81,25 +86,6 @@ class NewToken:
     view: TokenView
     #: The whole token, ``crl_<id>_<secret>``; not kept by corral.
     secret: str
-
-
-def parse_duration(text: str, field: str = "expires") -> timedelta:
-    """``30d`` -> 30 days; units s, m, h, d, w.
-
-    :raise InvalidInput: not a whole number with a unit (naming ``field``).
-    """
-    match = _DURATION.match(text)
-    if match is None:
-        raise InvalidInput(
-            field, f"{text!r} is not a duration; write a whole number and s, m, h, d or w (30d)"
-        )
-    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
-
-
-def check_lifetime(expires_in: timedelta | None) -> None:
-    """:raise InvalidInput: a lifetime shorter than a minute or longer than 3660 days."""
-    if expires_in is not None and not MIN_LIFETIME <= expires_in <= MAX_LIFETIME:
-        raise InvalidInput("expires", "must be between 1 minute and 3660 days")
 
 
 def hash_token(token: str) -> str:
@@ -151,11 +137,7 @@ def create_token(
     if expires_in is not None:
         detail["expires_in_s"] = int(expires_in.total_seconds())
     with audited(ctx, actor, "token.create", "user", user, detail=detail) as op:
-        if not re.match(TOKEN_NAME_PATTERN, name):
-            raise InvalidInput(
-                "name",
-                f"{name!r} is not allowed: use 1-63 letters, digits, '_', '.', '@' and '-'",
-            )
+        check_token_name(name)
         check_lifetime(expires_in)
         owner = find_user(op.session, actor, user)
         token_id = secrets.token_hex(TOKEN_ID_LENGTH // 2)
@@ -192,23 +174,13 @@ def list_tokens(ctx: Corral, actor: Principal, user: str | None = None) -> list[
         return [_view(row, owner) for row, owner in rows]
 
 
-def _id_digits(ref: str) -> str | None:
-    """The id digits ``ref`` gives (an id, its start, a display prefix, a whole token)."""
-    digits = ref.removeprefix(TOKEN_PREFIX).split("_", 1)[0]
-    return digits if re.fullmatch(rf"[0-9a-f]{{4,{TOKEN_ID_LENGTH}}}", digits) else None
-
-
 def _find_token(session: Session, actor: Principal, ref: str) -> tuple[TokenRow, UserRow]:
     """The token ``ref`` names: its id, the start of it, its shown prefix or the whole token.
 
     :raise NotFound: none of ``actor``'s tokens (any token, for an admin) matches.
     :raise InvalidInput: more than one does (field ``id``).
     """
-    digits = _id_digits(ref)
-    if digits is None:
-        raise InvalidInput(
-            "id", f"not a token id: give {TOKEN_ID_LENGTH} hex digits (or the first 4 or more)"
-        )
+    digits = check_token_ref(ref)
     query = (
         select(TokenRow, UserRow)
         .join(UserRow, UserRow.id == TokenRow.user_id)
@@ -225,6 +197,17 @@ def _find_token(session: Session, actor: Principal, ref: str) -> tuple[TokenRow,
     return found[0]
 
 
+def get_token(ctx: Corral, actor: Principal, ref: str) -> TokenView:
+    """The token ``ref`` names (its id, or enough of its first digits).
+
+    :raise NotFound: no such token, or another user's and ``actor`` is not an admin.
+    :raise InvalidInput: ``ref`` is no id, or the start of several tokens' ids.
+    """
+    with ctx.db.session() as session:
+        row, owner = _find_token(session, actor, ref)
+        return _view(row, owner.name)
+
+
 def revoke_token(ctx: Corral, actor: Principal, ref: str) -> TokenView:
     """Revoke a token: it is refused from now on; revoking it again changes nothing.
 
@@ -234,7 +217,7 @@ def revoke_token(ctx: Corral, actor: Principal, ref: str) -> TokenView:
     :raise InvalidInput: ``ref`` is the start of several tokens' ids.
     """
     # Never the whole reference in the log or a message: it may be the whole token.
-    shown = _id_digits(ref) or "?"
+    shown = token_id_of(ref) or "?"
     with audited(ctx, actor, "token.revoke", "token", shown) as op:
         row, owner = _find_token(op.session, actor, ref)
         op.target_name = row.id
@@ -275,3 +258,37 @@ def authenticate_token(ctx: Corral, token: str) -> Principal:
         if last is None or now - last >= LAST_USED_RESOLUTION:
             row.last_used_at = now
         return principal_of(session, user)
+
+
+def login(
+    ctx: Corral, name: str, password: str, expires_in: timedelta | None = LOGIN_LIFETIME
+) -> NewToken:
+    """A new token for user ``name``, if ``password`` is its password: what ``corral login``
+    keeps. The token is the user's own (it creates it, as ``token.create`` records) and is
+    named :data:`~corral.access.checks.LOGIN_TOKEN_NAME`.
+
+    A refusal is recorded in the audit log as ``user.login`` with its reason, which the
+    error's message does not give.
+
+    :param expires_in: the token's lifetime; ``None``: until revoked.
+    :raise Unauthenticated: no such user, no password, a wrong password, or a disabled user
+        (all alike).
+    :raise InvalidInput: a bad lifetime (field ``expires``).
+    """
+    check_lifetime(expires_in)
+    try:
+        principal = authenticate_password(ctx, name, password)
+    except Unauthenticated as exc:
+        with ctx.db.session() as session:
+            record(
+                session,
+                name,
+                "user.login",
+                "user",
+                name,
+                None,
+                type(exc).__name__,
+                {"error": exc.reason},
+            )
+        raise
+    return create_token(ctx, principal, principal.name, LOGIN_TOKEN_NAME, expires_in)

@@ -11,7 +11,6 @@ another user does not exist (:class:`~corral.errors.NotFound`).
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,16 +22,14 @@ from sqlalchemy.orm import Session
 
 from corral.access import passwords
 from corral.access.audit import audited
+from corral.access.checks import check_user_name, is_user_name
 from corral.access.principal import Principal, Role, parse_role, require_admin
 from corral.access.projects import find_project
-from corral.errors import AlreadyExists, InvalidInput, NotFound, Unauthenticated
+from corral.errors import AlreadyExists, NotFound, Unauthenticated
 from corral.store.models import MembershipRow, ProjectRow, TokenRow, UserRow, as_utc
 
 if TYPE_CHECKING:
     from corral.compute.context import Corral
-
-#: A user's name: no ``:``, so that no user is ever taken for ``local:<uid>``.
-USER_NAME_PATTERN = r"^[a-z_][a-z0-9_.-]{0,62}$"
 
 
 @dataclass(frozen=True)
@@ -50,16 +47,6 @@ class UserView:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_user_name(name: str) -> None:
-    """:raise InvalidInput: ``name`` is not a valid user name (field ``name``)."""
-    if not re.match(USER_NAME_PATTERN, name):
-        raise InvalidInput(
-            "name",
-            f"{name!r} is not allowed: use 1-63 lower-case letters, digits, '_', '.' and "
-            "'-', starting with a letter or '_'",
-        )
 
 
 def _projects_of(session: Session, user_ids: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
@@ -104,7 +91,7 @@ def principal_of(session: Session, user: UserRow) -> Principal:
 
 
 def _by_name(session: Session, name: str) -> UserRow | None:
-    if not re.match(USER_NAME_PATTERN, name):  # no such name can exist; keep it off SQL
+    if not is_user_name(name):  # no such name can exist; keep it off SQL
         return None
     return session.scalars(select(UserRow).where(UserRow.name == name)).first()
 

@@ -24,6 +24,7 @@ from corral.api.routers import (
     launch,
     login,
     projects,
+    ssh,
     tasks,
     tokens,
     types,
@@ -84,7 +85,7 @@ def create_app(ctx: Corral) -> FastAPI:
         redoc_url=None,
     )
     app.state.corral = ctx
-    areas = (host, vms, launch, images, types, keypairs, volumes, tasks)
+    areas = (host, vms, ssh, launch, images, types, keypairs, volumes, tasks)
     access = (projects, users, tokens, audit, login)
     for module in (*areas, *access):
         app.include_router(module.router, prefix=PREFIX)

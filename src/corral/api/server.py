@@ -104,7 +104,9 @@ def serve(ctx: Corral, listen: Listen, pidfile: Path | None = None) -> None:
     """Serve the API until SIGINT or SIGTERM (blocking).
 
     The UNIX socket and the TCP address are two uvicorn servers in one event loop, so that
-    TLS (when given) applies to TCP only; the signals stop both.
+    TLS (when given) applies to TCP only; the signals stop both. Only the first runs the app's
+    lifespan: one task pool, one event broker, one watcher (a VM's events monitor takes one
+    listener) serve both.
 
     :param pidfile: written with this process's PID once the sockets listen, removed at exit.
     """
@@ -118,7 +120,7 @@ def serve(ctx: Corral, listen: Listen, pidfile: Path | None = None) -> None:
     try:
         if listen.tcp is not None:
             listeners.append((tcp_listener(*listen.tcp), True))
-        servers = []
+        servers: list[tuple[_Server, socket.socket]] = []
         for sock, remote in listeners:
             tls = remote and listen.tls_cert is not None
             config = uvicorn.Config(
@@ -128,6 +130,7 @@ def serve(ctx: Corral, listen: Listen, pidfile: Path | None = None) -> None:
                 ssl_certfile=str(listen.tls_cert) if tls else None,
                 ssl_keyfile=str(listen.tls_key) if tls and listen.tls_key else None,
                 timeout_graceful_shutdown=5,
+                lifespan="off" if servers else "on",
             )
             servers.append((_Server(config), sock))
         if pidfile is not None:

@@ -1,31 +1,29 @@
-"""What the access commands (``corral project``, ``user``, ``token``, ``audit``) share.
+"""What the access commands (``corral project``, ``user``, ``token``, ``audit``, ``login``)
+share.
 
-They work on the state directory directly, as its local administrator: the user that owns
-it, or root (:func:`corral.access.local.local_principal`). Once ``corrald`` serves the API,
-they become its clients and the daemon checks the same rules.
+They are clients of corrald's API (:func:`corral.cli.context.open_client`): the local daemon
+on its UNIX socket, where the state directory's owner is the administrator, or the daemon a
+``corral login`` names, where the logged-in user's role and projects hold. The daemon checks
+every rule; what can be checked before asking (a duration, a size, a page) is checked here,
+with the same messages.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
+from corral.api.schemas import Page
 from corral.errors import InvalidInput
 
-if TYPE_CHECKING:
-    from corral.access.principal import Principal
-    from corral.compute.context import Corral
+T = TypeVar("T")
 
+#: Items asked for per request when a command lists everything.
+PAGE_SIZE = 1000
 
-def local_actor(ctx: Corral) -> Principal:
-    """The principal this command acts as: the local administrator.
-
-    :raise Unauthenticated: this user is neither root nor the state directory's owner.
-    """
-    from corral.access.local import local_principal
-
-    return local_principal(ctx, os.getuid())
+#: Printed under a token that was just made.
+SHOWN_ONCE = "This token is shown once and corral keeps no copy: store it now."
 
 
 def when(iso: str | None) -> str:
@@ -45,5 +43,15 @@ def read_password(field: str = "password-stdin") -> str:
     return password
 
 
-#: Printed under a token that was just made.
-SHOWN_ONCE = "This token is shown once and corral keeps no copy: store it now."
+def every(fetch: Callable[[int, int], Page[T]]) -> Iterator[T]:
+    """Every item of a listing, a page at a time.
+
+    :param fetch: asks for one page, given its ``limit`` and ``offset``.
+    """
+    offset = 0
+    while True:
+        found = fetch(PAGE_SIZE, offset)
+        yield from found.items
+        offset += len(found.items)
+        if not found.items or offset >= found.total:
+            return

@@ -1,4 +1,4 @@
-"""``corral audit``: the log of who did what."""
+"""``corral audit``: the log of who did what, through the API."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from corral.cli import render
-from corral.cli.access import local_actor, when
-from corral.cli.context import open_corral
+from corral.cli.access import when
+from corral.cli.context import open_client
 
 audit_app = typer.Typer(
     help="Read the audit log: who did what, and how it ended.", no_args_is_help=True
@@ -29,6 +29,13 @@ def list_cmd(
     project: Annotated[
         str | None, typer.Option(metavar="PROJECT", help="Only this project's entries.")
     ] = None,
+    target: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Only entries about the object so named.")
+    ] = None,
+    outcome: Annotated[
+        str | None,
+        typer.Option(metavar="OUTCOME", help="Only this outcome: ok, or an error (Forbidden)."),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List audit entries, newest first."""
@@ -36,13 +43,21 @@ def list_cmd(
 
     from rich.markup import escape
 
-    from corral.access.audit import AuditFilter, list_entries
+    from corral.access.checks import check_page
 
-    filters = AuditFilter(actor=actor, action=action, project=project)
-    with open_corral() as ctx:
-        entries = list_entries(ctx, local_actor(ctx), filters, limit, offset)
+    check_page(limit, offset)
+    with open_client() as api:
+        entries = api.list_audit(
+            actor=actor,
+            action=action,
+            target=target,
+            project=project,
+            outcome=outcome,
+            limit=limit,
+            offset=offset,
+        ).items
     if json_:
-        render.print_json([e.as_dict() for e in entries])
+        render.print_json([e.model_dump() for e in entries])
         return
     render.table(
         None,

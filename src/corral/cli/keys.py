@@ -1,15 +1,25 @@
-"""``corral key``: SSH key pairs that launches install in guests."""
+"""``corral key``: SSH key pairs that launches install in guests, through corrald's API.
+
+A key pair is made here, on the machine where its private key is to live: the private key is
+written to a new 0600 file and never sent anywhere; corrald is sent the public key and the
+private key's path (for ``corral ssh`` on this machine). If corrald refuses it, the files
+just written are removed again. An imported public key is checked here first, so that a
+private key given by mistake is refused before anything is sent.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from corral.cli import render
-from corral.cli.context import open_corral
+from corral.cli.context import open_client
+
+if TYPE_CHECKING:
+    from corral.api.schemas import KeyPairRead
 
 key_app = typer.Typer(
     help="Create, import, list, show and delete SSH key pairs (corral never keeps private keys).",
@@ -27,6 +37,27 @@ Project = Annotated[
         "(default: default).",
     ),
 ]
+
+
+#: The project that owns what is made without one.
+DEFAULT_PROJECT = "default"
+#: What ``--json`` prints of a key pair, in this order.
+JSON_FIELDS = (
+    "name",
+    "project",
+    "kind",
+    "bits",
+    "fingerprint",
+    "comment",
+    "public_key",
+    "private_key_path",
+    "created_at",
+)
+
+
+def as_dict(key: KeyPairRead) -> dict[str, Any]:
+    """A key pair as ``--json`` prints it (the fields and order ``corral key`` always had)."""
+    return {field: getattr(key, field) for field in JSON_FIELDS}
 
 
 def _created(iso: str) -> str:
@@ -50,10 +81,35 @@ def create_cmd(
     project: Project = None,
 ) -> None:
     """Create an ed25519 key pair; the private key is written once, to a new 0600 file."""
-    from corral.compute.keys import create_key
+    from corral.api.schemas.catalogue import KeyPairCreate
+    from corral.client.transport import ApiError
+    from corral.compute.keys import write_key_files
+    from corral.errors import AlreadyExists
+    from corral.spec.keys import check_key_name
 
-    with open_corral() as ctx:
-        view, path = create_key(ctx, name, out, project=project)
+    check_key_name(name)
+    with open_client() as api:
+        try:
+            api.get_keypair(name)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        else:  # said before any file is looked at, as when the name is taken
+            raise AlreadyExists("key pair", name)
+        files = write_key_files(name, out)
+        try:
+            view = api.create_keypair(
+                KeyPairCreate.model_construct(
+                    name=name,
+                    public_key=files.key.line,
+                    project=project or DEFAULT_PROJECT,
+                    private_key_path=str(files.private),
+                )
+            )
+        except BaseException:
+            files.remove()
+            raise
+    path = files.private
     say = render.out
     say.print(f"key pair {view.name} created ({view.kind})", markup=False)
     say.print(f"private key: {path} (mode 0600)", markup=False, soft_wrap=True)
@@ -83,19 +139,23 @@ def import_cmd(
     project: Project = None,
 ) -> None:
     """Import an OpenSSH public key (ed25519, ECDSA, RSA of 2048 bits or more, FIDO)."""
-    from corral.compute.keys import (
-        import_key,
-        import_key_file,
-        private_key_warning,
-    )
-    from corral.spec.keys import MAX_KEY_TEXT, decode_key_file
+    from corral.api.schemas.catalogue import KeyPairCreate
+    from corral.compute.keys import private_key_warning, read_public_key
+    from corral.spec.keys import check_key_name
 
-    with open_corral() as ctx:
-        if file == "-":
-            text = decode_key_file(sys.stdin.buffer.read(MAX_KEY_TEXT + 1), "stdin")
-            view = import_key(ctx, name, text, private_key, field="stdin", project=project)
-        else:
-            view = import_key_file(ctx, name, Path(file), private_key, project=project)
+    check_key_name(name)
+    key, private = read_public_key(
+        None if file == "-" else Path(file), private_key, sys.stdin.buffer
+    )
+    with open_client() as api:
+        view = api.create_keypair(
+            KeyPairCreate.model_construct(
+                name=name,
+                public_key=key.line,
+                project=project or DEFAULT_PROJECT,
+                private_key_path=None if private is None else str(private),
+            )
+        )
     render.out.print(
         f"key pair {view.name} imported ({view.kind}, {view.fingerprint})", markup=False
     )
@@ -114,12 +174,10 @@ def list_cmd(json_: Json = False) -> None:
     """List key pairs with their fingerprints."""
     from rich.markup import escape
 
-    from corral.compute.keys import list_keys
-
-    with open_corral() as ctx:
-        views = list_keys(ctx)
+    with open_client() as api:
+        views = api.all_keypairs()
     if json_:
-        render.print_json([v.as_dict() for v in views])
+        render.print_json([as_dict(v) for v in views])
         return
     render.table(
         None,
@@ -143,12 +201,10 @@ def show_cmd(name: Name, json_: Json = False) -> None:
     """Show one key pair, with its public key line."""
     from rich.markup import escape
 
-    from corral.compute.keys import get_key
-
-    with open_corral() as ctx:
-        v = get_key(ctx, name)
+    with open_client() as api:
+        v = api.get_keypair(name)
     if json_:
-        render.print_json(v.as_dict())
+        render.print_json(as_dict(v))
         return
     private = "-"
     if v.private_key_path is not None:
@@ -171,10 +227,8 @@ def show_cmd(name: Name, json_: Json = False) -> None:
 @key_app.command("delete")
 def delete_cmd(name: Name) -> None:
     """Forget a key pair; its private key file and launched instances keep the key."""
-    from corral.compute.keys import delete_key
-
-    with open_corral() as ctx:
-        view = delete_key(ctx, name)
+    with open_client() as api:
+        view = api.delete_keypair(name)
     render.out.print(f"key pair {view.name} deleted", markup=False)
     if view.private_key_path is not None:
         render.out.print(

@@ -1,28 +1,36 @@
-"""``corral launch``, ``corral ssh`` and ``corral scp``: instances from images, and logging in.
+"""``corral launch``, ``corral ssh`` and ``corral scp``: instances from images, and logging in,
+through corrald's API.
 
-``launch`` shows each instance's phases (clone, seed, start, boot, ready) with their
+``launch`` starts the launch's task, then follows it (``GET /launch/{task_id}``, answered at
+each change) and shows each instance's phases (clone, seed, start, boot, ready) with their
 durations as they happen: a live table on a terminal, one line per finished phase otherwise.
+Interrupted, it leaves the task running and says so. ``ssh`` and ``scp`` ask the API how to
+reach the VM (``GET /vms/{name}/ssh``) and run the system's OpenSSH client, checking the
+guest's host keys as its console showed them (see :mod:`corral.client.ssh`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 
 from corral.cli import render
-from corral.cli.context import open_corral
+from corral.cli.context import open_client
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from corral.compute.launch import Instance, PhaseEvent, ProgressFn
+    from corral.api.schemas.launch import LaunchInstanceRead, LaunchRead
+    from corral.client.api import Client
+
+#: Shows each new state of a launch.
+Show = Callable[["LaunchRead"], None]
 
 
 def launch_cmd(
@@ -42,7 +50,13 @@ def launch_cmd(
     disk_size: Annotated[
         str | None, typer.Option(help="Root disk size instead of the type's (e.g. 20G).")
     ] = None,
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Return once SSH answers.")] = True,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Return once SSH answers (--no-wait: once QEMU runs; the task goes on).",
+        ),
+    ] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for SSH.")] = 120.0,
     isolated: Annotated[
         bool,
@@ -62,101 +76,186 @@ def launch_cmd(
     ] = None,
 ) -> None:
     """Launch instances: clone an image, install a key, boot, wait for SSH."""
-    from corral.compute.launch import LaunchFailed, LaunchRequest, launch
+    from corral.api.schemas.launch import LaunchCreate
     from corral.errors import InvalidInput
 
-    text: str | None = None
+    fields: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "instance_type": instance_type,
+        "keypair": key,
+        "count": count,
+        "isolated": isolated,
+        "timeout": timeout,
+    }
     if user_data is not None:
         try:
-            text = user_data.read_bytes().decode("utf-8")
+            fields["user_data"] = user_data.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidInput("user_data", f"{user_data} is not UTF-8 text") from None
         except OSError as exc:
             raise InvalidInput("user_data", f"cannot read {user_data}: {exc.strerror}") from None
-    req = LaunchRequest(
-        name=name,
-        image=image,
-        instance_type=instance_type,
-        keypair=key,
-        user_data=text,
-        count=count,
-        disk_size=disk_size,
-        wait=wait,
-        timeout=timeout,
-        isolated=isolated,
-        project=project,
-    )
-    with open_corral() as ctx, _display(json_) as progress:
+    if disk_size is not None:
+        fields["disk_size"] = disk_size
+    if project is not None:
+        fields["project"] = project
+    with open_client() as api:
+        task = api.launch(LaunchCreate.model_construct(**fields))  # the daemon validates it
         try:
-            instances = launch(ctx, req, progress)
-        except LaunchFailed as exc:
-            if not json_:
-                _summary(exc.instances)
-                if exc.last_lines:
-                    render.err.print("last console lines:", style="dim")
-                    for line in exc.last_lines:
-                        render.err.print(f"  {line}", markup=False, highlight=False)
+            with _display(json_) as show:
+                last = _follow(api, task.id, show, wait)
+        except KeyboardInterrupt:
+            render.err.print(
+                f"interrupted: the launch goes on as task {task.id} "
+                f"(corral task show {task.id[:8]})",
+                markup=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
+        _outcome(api, last, json_)
+
+
+def _follow(api: Client, task_id: str, show: Show, wait: bool) -> LaunchRead:
+    """Show each state of the launch until it ends (without ``wait``: until every instance
+    runs); its last state."""
+    from corral.client.transport import ApiError
+    from corral.errors import CorralError
+
+    last: LaunchRead | None = None
+    try:
+        for last in api.follow_launch(task_id):
+            show(last)
+            if not wait and all(i.status != "pending" for i in last.instances):
+                break
+    except ApiError as exc:
+        if exc.status != 404:
             raise
+        task = api.get_task(task_id)  # the daemon restarted and forgot the launch
+        raise CorralError(
+            f"launch task {task_id} is {task.status}: {task.error or task.detail}"
+        ) from exc
+    if last is None:
+        raise CorralError(f"launch task {task_id} told nothing")
+    return last
+
+
+def _outcome(api: Client, last: LaunchRead, json_: bool) -> None:
+    """Print how each instance is reached, or why the launch failed."""
+    from corral.client.transport import ApiError
+
+    error = last.error
+    if error is not None:
+        if not json_ and error.error == "LaunchFailed":
+            _summary(last.instances, _ssh_commands(api, last.instances))
+        if error.last_lines:
+            if error.error in ("LaunchFailed", "GuestTimeout"):
+                render.err.print("last console lines:", style="dim")
+            for line in error.last_lines:
+                render.err.print(f"  {line}", markup=False, highlight=False)
+        raise ApiError(error.status, error.error, error.message, error.field)
+    commands = _ssh_commands(api, last.instances)
     if json_:
-        render.print_json([_as_dict(i) for i in instances])
+        render.print_json([_as_dict(i, commands.get(i.name)) for i in last.instances])
         return
-    _summary(instances)
+    _summary(last.instances, commands)
 
 
-def _as_dict(instance: Instance) -> dict[str, object]:
+def _ssh_commands(api: Client, instances: list[LaunchInstanceRead]) -> dict[str, list[str]]:
+    """The OpenSSH command that logs in to each ready instance from here."""
+    from corral.compute.sshcmd import ssh_argv
+    from corral.errors import CorralError
+
+    commands: dict[str, list[str]] = {}
+    for i in instances:
+        if i.status != "ready":
+            continue
+        try:
+            commands[i.name] = ssh_argv(api.ssh_target(i.name))
+        except CorralError as exc:
+            render.err.print(f"warning: {i.name}: {exc.message}", markup=False, soft_wrap=True)
+    return commands
+
+
+def _seconds(instance: LaunchInstanceRead) -> float:
+    return sum(p.seconds or 0.0 for p in instance.phases.values() if p.state == "done")
+
+
+def _as_dict(instance: LaunchInstanceRead, command: list[str] | None) -> dict[str, object]:
     from corral.compute.sshcmd import shell_quote
 
+    identity = None
+    if command is not None and "-i" in command:
+        identity = command[command.index("-i") + 1]
     return {
         "name": instance.name,
         "instance_id": instance.instance_id,
         "status": instance.status,
-        "address": instance.host,
+        "address": instance.address,
         "port": instance.port,
         "user": instance.user,
-        "identity": instance.identity,
-        "phases": {k: round(v, 3) for k, v in instance.phases.items()},
-        "ssh": shell_quote(instance.ssh_command) if instance.ssh_command else None,
+        "identity": identity,
+        "phases": {
+            k: round(v.seconds or 0.0, 3) for k, v in instance.phases.items() if v.state == "done"
+        },
+        "ssh": shell_quote(command) if command else None,
     }
 
 
-def _summary(instances: list[Instance]) -> None:
+def _summary(instances: list[LaunchInstanceRead], commands: dict[str, list[str]]) -> None:
     from corral.compute.sshcmd import shell_quote
 
     for i in instances:
-        total = f"{i.seconds:.2f} s"
         render.out.print(
-            f"{i.name}: {i.status} after {total}, {i.instance_id}, "
-            f"ssh on {i.host} port {i.port} as {i.user}",
+            f"{i.name}: {i.status} after {_seconds(i):.2f} s, {i.instance_id}, "
+            f"ssh on {i.address} port {i.port} as {i.user}",
             markup=False,
         )
-        if i.ssh_command:
+        command = commands.get(i.name)
+        if command:
             render.out.print(f"  corral ssh {i.name}", markup=False)
-            render.out.print(f"  {shell_quote(i.ssh_command)}", markup=False, soft_wrap=True)
+            render.out.print(f"  {shell_quote(command)}", markup=False, soft_wrap=True)
+
+
+def _phases() -> tuple[str, ...]:
+    from corral.api.schemas.launch import PhaseName
+
+    return get_args(PhaseName)
 
 
 @contextmanager
-def _display(quiet: bool) -> Iterator[ProgressFn | None]:
-    """A progress reporter for :func:`corral.compute.launch.launch`."""
+def _display(quiet: bool) -> Iterator[Show]:
+    """Shows a launch's states: nothing (``quiet``), a line per finished phase (stderr is no
+    terminal), or a live table."""
     if quiet:
-        yield None
+        yield _nothing
         return
     if not sys.stderr.isatty():
-        lock = threading.Lock()
-
-        def line(event: PhaseEvent) -> None:
-            if event.status == "begin":
-                return
-            with lock:
-                word = " failed after" if event.status == "fail" else ""
-                render.err.print(
-                    f"{event.instance}: {event.phase:<5}{word} {event.seconds or 0:.2f} s",
-                    markup=False,
-                )
-
-        yield line
+        yield _Lines()
         return
     with _LiveTable() as live:
         yield live.update
+
+
+def _nothing(launch: LaunchRead) -> None:
+    del launch
+
+
+class _Lines:
+    """One line per phase that ends or fails, once."""
+
+    def __init__(self) -> None:
+        self.told: set[tuple[str, str]] = set()
+
+    def __call__(self, launch: LaunchRead) -> None:
+        for instance in launch.instances:
+            for phase, now in instance.phases.items():
+                if now.state == "running" or (instance.name, phase) in self.told:
+                    continue
+                self.told.add((instance.name, phase))
+                word = " failed after" if now.state == "failed" else ""
+                render.err.print(
+                    f"{instance.name}: {phase:<5}{word} {now.seconds or 0:.2f} s", markup=False
+                )
 
 
 class _LiveTable:
@@ -165,8 +264,7 @@ class _LiveTable:
     def __init__(self) -> None:
         from rich.live import Live
 
-        self.rows: dict[str, dict[str, str]] = {}
-        self.lock = threading.Lock()
+        self.launch: LaunchRead | None = None
         self.live = Live(self._table(), console=render.err, refresh_per_second=12)
 
     def __enter__(self) -> _LiveTable:
@@ -177,30 +275,33 @@ class _LiveTable:
         self.live.update(self._table())
         self.live.__exit__(None, None, None)
 
-    def update(self, event: PhaseEvent) -> None:
-        with self.lock:
-            row = self.rows.setdefault(event.instance, {})
-            if event.status == "begin":
-                row[event.phase] = "[cyan]…[/]"
-            elif event.status == "end":
-                row[event.phase] = f"{event.seconds or 0:.2f} s"
-            else:
-                row[event.phase] = "[red]failed[/]"
-            self.live.update(self._table())
+    def update(self, launch: LaunchRead) -> None:
+        self.launch = launch
+        self.live.update(self._table())
 
     def _table(self) -> Table:
         from rich import box
         from rich.table import Table
 
-        from corral.compute.launch import PHASES
-
+        phases = _phases()
         table = Table(box=box.SIMPLE_HEAD, header_style="bold", show_edge=False)
         table.add_column("Instance")
-        for phase in PHASES:
+        for phase in phases:
             table.add_column(phase.capitalize(), justify="right")
-        for name in sorted(self.rows, key=_natural):
-            row = self.rows[name]
-            table.add_row(name, *(row.get(p, "") for p in PHASES))
+        started = [] if self.launch is None else [i for i in self.launch.instances if i.phases]
+        for instance in sorted(started, key=lambda i: _natural(i.name)):
+            cells = []
+            for phase in phases:
+                now = instance.phases.get(phase)  # type: ignore[call-overload]
+                if now is None:
+                    cells.append("")
+                elif now.state == "running":
+                    cells.append("[cyan]…[/]")
+                elif now.state == "done":
+                    cells.append(f"{now.seconds or 0:.2f} s")
+                else:
+                    cells.append("[red]failed[/]")
+            table.add_row(instance.name, *cells)
         return table
 
 
@@ -228,11 +329,10 @@ def ssh_cmd(
     ] = False,
 ) -> None:
     """Log in to a VM with the system's OpenSSH client (its key, port and host keys)."""
-    from corral.compute.ssh import target
     from corral.compute.sshcmd import shell_quote, ssh_argv
 
-    with open_corral() as ctx:
-        found = target(ctx, name, user, identity)
+    with open_client() as api:
+        found = api.ssh_target(name, user, identity)
     extra = [part for opt in option or () for part in ("-o", opt)]
     argv = ssh_argv(found, command or (), extra)
     if print_:
@@ -255,7 +355,6 @@ def scp_cmd(
     recursive: Annotated[bool, typer.Option("-r", help="Copy directories.")] = False,
 ) -> None:
     """Copy files to or from a VM with the system's scp."""
-    from corral.compute.ssh import target
     from corral.compute.sshcmd import scp_argv
     from corral.errors import InvalidInput
 
@@ -272,8 +371,8 @@ def scp_cmd(
             local.append(path)
     if len(vms) != 1:
         raise InvalidInput("paths", "name exactly one VM, as NAME:PATH, on one side of the copy")
-    with open_corral() as ctx:
-        found = target(ctx, vms.pop(), user, identity)
+    with open_client() as api:
+        found = api.ssh_target(vms.pop(), user, identity)
     _exec(scp_argv(found, local[:-1], local[-1], ["-r"] if recursive else []))
 
 

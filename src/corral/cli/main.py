@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from corral.cli import render
 from corral.cli.audit import audit_app
-from corral.cli.context import open_corral
+from corral.cli.context import open_client, open_corral
 from corral.cli.guest import guest_app
 from corral.cli.host import host_app
 from corral.cli.image import image_app
 from corral.cli.keys import key_app
 from corral.cli.launch import launch_cmd, scp_cmd, ssh_cmd
+from corral.cli.login import login_cmd, logout_cmd, whoami_cmd
 from corral.cli.projects import project_app
 from corral.cli.serve import serve_cmd
 from corral.cli.tasks import events_cmd, task_app
 from corral.cli.tokens import token_app
 from corral.cli.types import type_app
 from corral.cli.users import user_app
+from corral.cli.volumes import volume_app
 from corral.errors import CorralError, GuestTimeout, LaunchError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from corral.api.schemas import TaskRead
+    from corral.client import Client
+
+M = TypeVar("M", bound="BaseModel")
 
 app = typer.Typer(
     name="corral",
@@ -40,20 +50,65 @@ app.add_typer(project_app, name="project")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
+app.add_typer(volume_app, name="volume")
 app.command("launch")(launch_cmd)
 app.command("ssh")(ssh_cmd)
 app.command("scp")(scp_cmd)
 app.command("serve")(serve_cmd)
 app.add_typer(task_app, name="task")
 app.command("events")(events_cmd)
+app.command("login")(login_cmd)
+app.command("logout")(logout_cmd)
+app.command("whoami")(whoami_cmd)
 
 Name = Annotated[str, typer.Argument(metavar="NAME", help="The VM's name.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Return once the guest is ready.")]
+Detach = Annotated[
+    bool,
+    typer.Option(
+        "--detach",
+        help="Print the task's id and return at once, leaving it to corrald "
+        "(follow it with corral task show ID).",
+    ),
+]
 Project = Annotated[
     str | None,
     typer.Option("--project", metavar="NAME", help="The project (default: default)."),
 ]
+
+
+def _finish(api: Client, task: TaskRead, detach: bool = False) -> TaskRead | None:
+    """Wait for a VM action's task to end (``None`` at once with ``detach``).
+
+    Ctrl-C stops the waiting, not the task, and says so (exit status 130).
+
+    :raise ApiError: the task ended as error (its message) or was cancelled.
+    """
+    from corral.client.transport import ApiError
+
+    if detach:
+        render.out.print(f"task {task.id} ({task.name} {task.target_name}) {task.status}")
+        return None
+    try:
+        done = api.wait_task(task.id)
+    except KeyboardInterrupt:
+        render.err.print(
+            f"interrupted: task {task.id} ({task.name} {task.target_name}) goes on in "
+            f"corrald; follow it with corral task show {task.id}",
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.exit(130)
+    if done.status != "success":
+        raise ApiError(500, "TaskError", done.error or f"task {done.id} was {done.status}")
+    return done
+
+
+def _said(name: str, task: TaskRead | None, template: str = "VM {name} {detail}") -> None:
+    """Print what the task did (nothing for a detached task)."""
+    if task is not None:
+        render.out.print(template.format(name=name, detail=task.detail), markup=False)
 
 
 @app.command("list")
@@ -68,12 +123,10 @@ def list_cmd(
     ] = None,
 ) -> None:
     """List VMs (running ones; --all for every VM) of every project, or of --project."""
-    from corral.compute.inventory import list_vms
-
-    with open_corral() as ctx:
-        views = list_vms(ctx, include_inactive=all_, project=project)
+    with open_client() as api:
+        views = list(api.iter_vms(project=project, active=None if all_ else True))
     if json_:
-        render.print_json([v.as_dict() for v in views])
+        render.print_json([v.model_dump() for v in views])
         return
     render.table(
         None,
@@ -135,34 +188,82 @@ def create(
 ) -> None:
     """Define a VM from an image (its root disk is a copy-on-write clone) in a project,
     within its quota."""
-    from corral.compute import lifecycle
-    from corral.compute.define import CreateRequest
-    from corral.compute.define import create as do_create
+    from corral.api.schemas import VmCreate
+    from corral.api.schemas.vms import VmStartCreate
 
-    req = CreateRequest(
-        name=name,
-        image=image,
-        vcpus=vcpus,
-        memory=memory,
-        disk_size=disk_size,
-        data_disks=tuple(data_disk or ()),
-        machine=machine,
-        cpu=cpu,
-        forwards=tuple(forward or ()),
-        vnc=vnc,
-        firmware=firmware,
-        project=project,
-    )
-    with open_corral() as ctx:
-        spec = do_create(ctx, req)
-        render.out.print(f"VM {spec.name} defined ({spec.vcpus} vCPU, {render.size(spec.memory)})")
+    with open_client() as api:
+        vm = api.create_vm(
+            _body(
+                VmCreate,
+                name=name,
+                image=image,
+                vcpus=vcpus,
+                memory=memory,
+                disk_size=disk_size,
+                data_disks=list(data_disk or ()),
+                machine=machine,
+                cpu=cpu,
+                forwards=list(forward or ()),
+                vnc=vnc,
+                firmware=firmware,
+                project=project or "default",
+            )
+        )
+        render.out.print(f"VM {vm.name} defined ({vm.vcpus} vCPU, {render.size(vm.memory)})")
         if start:
-            outcome = lifecycle.start(ctx, name, wait=wait)
-            render.out.print(f"VM {name} started{_took(outcome.seconds)}")
+            _said(name, _finish(api, api.start_vm(name, VmStartCreate(wait=wait))))
 
 
-def _took(seconds: float | None) -> str:
-    return "" if seconds is None else f", ready in {seconds:.1f} s"
+def _body(model: type[M], **values: object) -> M:
+    """A request body from options, refused here as the daemon would refuse it.
+
+    :raise InvalidInput: naming the field.
+    """
+    from pydantic import ValidationError
+
+    from corral.spec import invalid_input
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise invalid_input(exc) from None
+
+
+@app.command()
+def update(
+    name: Name,
+    vcpus: Annotated[int | None, typer.Option(help="Virtual CPUs.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory, e.g. 256M or 2G.")] = None,
+    forward: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Forward a host port: [tcp|udp:][ADDR:]HOSTPORT:GUESTPORT (repeatable); "
+            "replaces the VM's forwards."
+        ),
+    ] = None,
+    no_forwards: Annotated[
+        bool, typer.Option("--no-forwards", help="Remove every port forward.")
+    ] = False,
+) -> None:
+    """Change a VM's vCPUs, memory or port forwards while it does not run (they take
+    effect at its next start); growth counts against its project's quota."""
+    from corral.api.schemas.vms import VmUpdate
+    from corral.errors import InvalidInput
+
+    forwards = [] if no_forwards else forward
+    if no_forwards and forward:
+        raise InvalidInput("forward", "--forward and --no-forwards exclude each other")
+    if vcpus is None and memory is None and forwards is None:
+        raise InvalidInput(
+            "update", "nothing to change; give --vcpus, --memory, --forward or --no-forwards"
+        )
+    change = _body(VmUpdate, vcpus=vcpus, memory=memory, forwards=forwards)
+    with open_client() as api:
+        vm = api.update_vm(name, change)
+    shown = f"VM {vm.name} updated ({vm.vcpus} vCPU, {render.size(vm.memory)})"
+    if forwards is not None:
+        shown += f"; forwards: {', '.join(vm.forwards) or 'none'}"
+    render.out.print(shown, markup=False)
 
 
 @app.command()
@@ -172,13 +273,14 @@ def start(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the guest to be ready.")
     ] = 120.0,
+    detach: Detach = False,
 ) -> None:
     """Start a VM."""
-    from corral.compute import lifecycle
+    from corral.api.schemas.vms import VmStartCreate
 
-    with open_corral() as ctx:
-        outcome = lifecycle.start(ctx, name, wait=wait, timeout=timeout)
-    render.out.print(f"VM {name} started{_took(outcome.seconds)}")
+    options = _body(VmStartCreate, wait=wait, timeout=timeout)
+    with open_client() as api:
+        _said(name, _finish(api, api.start_vm(name, options), detach))
 
 
 @app.command()
@@ -188,33 +290,28 @@ def stop(
     force: Annotated[
         bool, typer.Option("--force/--no-force", help="Force off after the timeout.")
     ] = True,
+    detach: Detach = False,
 ) -> None:
     """Shut a VM down (ACPI power button; forced off after the timeout)."""
-    from corral.compute import lifecycle
+    from corral.api.schemas.vms import VmStopCreate
 
-    with open_corral() as ctx:
-        outcome = lifecycle.stop(ctx, name, timeout=timeout, force=force)
-    render.out.print(f"VM {name} is shut off ({outcome.detail})")
+    options = _body(VmStopCreate, timeout=timeout, force=force)
+    with open_client() as api:
+        _said(name, _finish(api, api.stop_vm(name, options), detach), "VM {name} is {detail}")
 
 
 @app.command()
-def destroy(name: Name) -> None:
+def destroy(name: Name, detach: Detach = False) -> None:
     """Force a VM off at once (like pulling the power cord)."""
-    from corral.compute import lifecycle
-
-    with open_corral() as ctx:
-        lifecycle.destroy(ctx, name)
-    render.out.print(f"VM {name} destroyed (forced off)")
+    with open_client() as api:
+        _said(name, _finish(api, api.vm_action(name, "destroy"), detach))
 
 
 @app.command()
 def pause(name: Name) -> None:
     """Pause a VM's vCPUs."""
-    from corral.compute import lifecycle
-
-    with open_corral() as ctx:
-        lifecycle.pause(ctx, name)
-    render.out.print(f"VM {name} paused")
+    with open_client() as api:
+        _said(name, _finish(api, api.vm_action(name, "pause")))
 
 
 @app.command("suspend")
@@ -226,11 +323,8 @@ def suspend(name: Name) -> None:
 @app.command()
 def resume(name: Name) -> None:
     """Resume a paused VM."""
-    from corral.compute import lifecycle
-
-    with open_corral() as ctx:
-        lifecycle.resume(ctx, name)
-    render.out.print(f"VM {name} resumed")
+    with open_client() as api:
+        _said(name, _finish(api, api.vm_action(name, "resume")))
 
 
 @app.command()
@@ -240,13 +334,14 @@ def reboot(
     timeout: Annotated[
         float, typer.Option(help="Seconds the guest gets to shut down before a reset.")
     ] = 60.0,
+    detach: Detach = False,
 ) -> None:
     """Reboot a VM cleanly (ACPI shutdown, then reset; reset anyway after the timeout)."""
-    from corral.compute import lifecycle
+    from corral.api.schemas.vms import VmRebootCreate
 
-    with open_corral() as ctx:
-        outcome = lifecycle.reboot(ctx, name, wait=wait, timeout=timeout)
-    render.out.print(f"VM {name} {outcome.detail}{_took(outcome.seconds)}")
+    options = _body(VmRebootCreate, wait=wait, timeout=timeout)
+    with open_client() as api:
+        _said(name, _finish(api, api.reboot_vm(name, options), detach))
 
 
 @app.command()
@@ -255,26 +350,28 @@ def delete(
     keep_disks: Annotated[
         bool, typer.Option(help="Keep the disks (moved to the state dir's disks/).")
     ] = False,
+    detach: Detach = False,
 ) -> None:
     """Delete a VM that is not running, with its disks."""
-    from corral.compute.define import delete as do_delete
+    from corral.api.schemas.vms import KEPT_DISK
 
-    with open_corral() as ctx:
-        kept = do_delete(ctx, name, keep_disks=keep_disks)
-    render.out.print(f"VM {name} deleted")
+    with open_client() as api:
+        done = _finish(api, api.delete_vm(name, keep_disks=keep_disks), detach)
+    if done is None:
+        return
+    said, *kept = done.detail.split(KEPT_DISK)
+    render.out.print(f"VM {name} {said}", markup=False)
     for path in kept:
-        render.out.print(f"  kept disk {path}")
+        render.out.print(f"  kept disk {path}", markup=False)
 
 
 @app.command()
 def info(name: Name, json_: Json = False) -> None:
     """Show a VM's state, resources, disks and console."""
-    from corral.compute.inventory import info as do_info
-
-    with open_corral() as ctx:
-        v = do_info(ctx, name)
+    with open_client() as api:
+        v = api.get_vm(name)
     if json_:
-        render.print_json(v.as_dict())
+        render.print_json(v.model_dump())
         return
     render.fields(
         [

@@ -1,4 +1,4 @@
-"""``corral project``: projects (tenancy), their members and quotas."""
+"""``corral project``: projects (tenancy), their members and quotas, through the API."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from corral.cli import render
-from corral.cli.access import local_actor, when
-from corral.cli.context import open_corral
+from corral.cli.access import every, when
+from corral.cli.context import open_client
 from corral.errors import InvalidInput
 
 project_app = typer.Typer(
@@ -30,10 +30,8 @@ def create_cmd(
     description: Annotated[str, typer.Option(help="One line that says what it is for.")] = "",
 ) -> None:
     """Create a project, without members and without quotas."""
-    from corral.access.projects import create_project
-
-    with open_corral() as ctx:
-        view = create_project(ctx, local_actor(ctx), name, description)
+    with open_client() as api:
+        view = api.create_project(name, description)
     render.out.print(f"project {view.name} created", markup=False)
 
 
@@ -42,22 +40,21 @@ def list_cmd(json_: Json = False) -> None:
     """List projects with their members and how many objects each owns."""
     from rich.markup import escape
 
-    from corral.access.projects import list_projects
-
-    with open_corral() as ctx:
-        views = list_projects(ctx, local_actor(ctx))
+    with open_client() as api:
+        views = list(every(lambda limit, offset: api.list_projects(limit=limit, offset=offset)))
     if json_:
-        render.print_json([v.as_dict() for v in views])
+        render.print_json([v.model_dump() for v in views])
         return
     render.table(
         None,
-        ["Name", "VMs", "Images", "Keys", "Members", "Created", "Detail"],
+        ["Name", "VMs", "Images", "Keys", "Volumes", "Members", "Created", "Detail"],
         (
             [
                 v.name,
                 str(v.vms),
                 str(v.images),
                 str(v.keypairs),
+                str(v.volumes),
                 ", ".join(v.members) or "-",
                 when(v.created_at),
                 escape(v.description) or "-",
@@ -70,20 +67,16 @@ def list_cmd(json_: Json = False) -> None:
 @project_app.command("delete")
 def delete_cmd(name: Name) -> None:
     """Delete a project that owns nothing (its memberships and quota go with it)."""
-    from corral.access.projects import delete_project
-
-    with open_corral() as ctx:
-        delete_project(ctx, local_actor(ctx), name)
+    with open_client() as api:
+        api.delete_project(name)
     render.out.print(f"project {name} deleted", markup=False)
 
 
 @project_app.command("add-member")
 def add_member_cmd(name: Name, user: User) -> None:
     """Make a user a member of a project."""
-    from corral.access.projects import add_member
-
-    with open_corral() as ctx:
-        added = add_member(ctx, local_actor(ctx), name, user)
+    with open_client() as api:
+        added = api.add_member(name, user).changed
     state = "is now" if added else "was already"
     render.out.print(f"user {user} {state} a member of project {name}", markup=False)
 
@@ -91,10 +84,8 @@ def add_member_cmd(name: Name, user: User) -> None:
 @project_app.command("remove-member")
 def remove_member_cmd(name: Name, user: User) -> None:
     """Take a user out of a project (the objects stay in the project)."""
-    from corral.access.projects import remove_member
-
-    with open_corral() as ctx:
-        removed = remove_member(ctx, local_actor(ctx), name, user)
+    with open_client() as api:
+        removed = api.remove_member(name, user).changed
     state = "is no longer" if removed else "was not"
     render.out.print(f"user {user} {state} a member of project {name}", markup=False)
 
@@ -141,8 +132,6 @@ def quota_cmd(
     json_: Json = False,
 ) -> None:
     """Show a project's quotas and usage; with options, change the limits given."""
-    from corral.access.quotas import clear_quota, get_quota, set_quota
-
     given = {
         key: value
         for key, value in (
@@ -153,20 +142,19 @@ def quota_cmd(
         )
         if value is not None
     }
-    with open_corral() as ctx:
-        actor = local_actor(ctx)
+    if clear and given:
+        raise InvalidInput("clear", "lifts every limit: give it without limits")
+    units = {"memory": "M", "disk": ""}
+    limits = {key: _limit(key, text, units.get(key)) for key, text in given.items()}
+    with open_client() as api:
         if clear:
-            if given:
-                raise InvalidInput("clear", "lifts every limit: give it without limits")
-            view = clear_quota(ctx, actor, name)
-        elif given:
-            units = {"memory": "M", "disk": ""}
-            limits = {key: _limit(key, text, units.get(key)) for key, text in given.items()}
-            view = set_quota(ctx, actor, name, limits)
+            view = api.replace_quota(name, {})
+        elif limits:
+            view = api.set_quota(name, limits)
         else:
-            view = get_quota(ctx, actor, name)
+            view = api.get_quota(name)
     if json_:
-        render.print_json(view.as_dict())
+        render.print_json(view.model_dump())
         return
 
     def show(resource: str, value: int | None) -> str:
@@ -174,8 +162,12 @@ def quota_cmd(
             return "unlimited"
         return render.size(value) if resource in ("memory", "disk") else str(value)
 
+    usage = view.usage.model_dump()
     render.table(
         f"project {view.project}",
         ["Quota", "Limit", "Used"],
-        ([key, show(key, limit), show(key, view.usage[key])] for key, limit in view.limits.items()),
+        (
+            [key, show(key, limit), show(key, usage[key])]
+            for key, limit in view.limits.model_dump().items()
+        ),
     )

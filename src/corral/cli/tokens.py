@@ -1,4 +1,5 @@
-"""``corral token``: API tokens, shown once and kept by corral only as a hash."""
+"""``corral token``: API tokens, shown once and kept by corral only as a hash; through the
+API."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Annotated
 import typer
 
 from corral.cli import render
-from corral.cli.access import SHOWN_ONCE, local_actor, when
-from corral.cli.context import open_corral
+from corral.cli.access import SHOWN_ONCE, every, when
+from corral.cli.context import open_client
 
 token_app = typer.Typer(
     help="Create, list and revoke API tokens (corral keeps only their hashes).",
@@ -31,17 +32,17 @@ def create_cmd(
     json_: Json = False,
 ) -> None:
     """Make an API token for a user and print it, this once."""
-    from corral.access.tokens import create_token, parse_duration
+    from corral.access.checks import lifetime
 
-    lifetime = None if expires is None else parse_duration(expires)
-    with open_corral() as ctx:
-        new = create_token(ctx, local_actor(ctx), user, name, lifetime)
+    lifetime(expires)
+    with open_client() as api:
+        new = api.create_token(user, name, expires)
     if json_:
-        render.print_json({**new.view.as_dict(), "token": new.secret})
+        render.print_json(new.model_dump())
         return
-    render.out.print(f"token: {new.secret}", markup=False, soft_wrap=True)
+    render.out.print(f"token: {new.token}", markup=False, soft_wrap=True)
     render.out.print(
-        f"token id: {new.view.id} (user {new.view.user}, expires {when(new.view.expires_at)})",
+        f"token id: {new.id} (user {new.user}, expires {when(new.expires_at)})",
         markup=False,
     )
     render.out.print(SHOWN_ONCE, markup=False)
@@ -57,12 +58,12 @@ def list_cmd(
     """List tokens, newest first (never the tokens themselves: their first characters)."""
     from rich.markup import escape
 
-    from corral.access.tokens import list_tokens
-
-    with open_corral() as ctx:
-        views = list_tokens(ctx, local_actor(ctx), user)
+    with open_client() as api:
+        views = list(
+            every(lambda limit, offset: api.list_tokens(user=user, limit=limit, offset=offset))
+        )
     if json_:
-        render.print_json([v.as_dict() for v in views])
+        render.print_json([v.model_dump() for v in views])
         return
     render.table(
         None,
@@ -91,8 +92,9 @@ def revoke_cmd(
     ],
 ) -> None:
     """Revoke a token: requests with it are refused from now on."""
-    from corral.access.tokens import revoke_token
+    from corral.access.checks import check_token_ref
 
-    with open_corral() as ctx:
-        view = revoke_token(ctx, local_actor(ctx), token_id)
+    digits = check_token_ref(token_id)  # only the id goes to the daemon, never a secret
+    with open_client() as api:
+        view = api.revoke_token(digits)
     render.out.print(f"token {view.id} of user {view.user} revoked", markup=False)

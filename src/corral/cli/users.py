@@ -1,4 +1,4 @@
-"""``corral user``: users of the API, their roles and passwords."""
+"""``corral user``: users of the API, their roles and passwords, through the API."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from corral.cli import render
-from corral.cli.access import SHOWN_ONCE, local_actor, read_password, when
-from corral.cli.context import open_corral
+from corral.cli.access import SHOWN_ONCE, every, read_password, when
+from corral.cli.context import open_client
 
 user_app = typer.Typer(
     help="Create, list, disable and delete users (roles: admin, operator, viewer).",
@@ -46,19 +46,16 @@ def create_cmd(
     ] = None,
 ) -> None:
     """Create a user; with --token, print an API token for it (shown this once)."""
-    from corral.access.tokens import check_lifetime, create_token, parse_duration
-    from corral.access.users import create_user
+    from corral.access.checks import lifetime
     from corral.errors import InvalidInput
 
     if expires is not None and not token:
         raise InvalidInput("expires", "is the lifetime of a token: give it with --token")
-    lifetime = None if expires is None else parse_duration(expires)
-    check_lifetime(lifetime)  # before the user exists: all or nothing
+    lifetime(expires)  # before the user exists: all or nothing
     password = read_password() if password_stdin else None
-    with open_corral() as ctx:
-        actor = local_actor(ctx)
-        view = create_user(ctx, actor, name, role, project or (), password)
-        new = create_token(ctx, actor, name, expires_in=lifetime) if token else None
+    with open_client() as api:
+        view = api.create_user(name, role, project or (), password)
+        new = api.create_token(name, expires=expires) if token else None
     projects = ", ".join(view.projects) or "none"
     render.out.print(
         f"user {view.name} created ({view.role}; projects: {projects}; "
@@ -66,20 +63,18 @@ def create_cmd(
         markup=False,
     )
     if new is not None:
-        render.out.print(f"token: {new.secret}", markup=False, soft_wrap=True)
-        render.out.print(f"token id: {new.view.id}", markup=False)
+        render.out.print(f"token: {new.token}", markup=False, soft_wrap=True)
+        render.out.print(f"token id: {new.id}", markup=False)
         render.out.print(SHOWN_ONCE, markup=False)
 
 
 @user_app.command("list")
 def list_cmd(json_: Json = False) -> None:
     """List users with their roles and projects."""
-    from corral.access.users import list_users
-
-    with open_corral() as ctx:
-        views = list_users(ctx, local_actor(ctx))
+    with open_client() as api:
+        views = list(every(lambda limit, offset: api.list_users(limit=limit, offset=offset)))
     if json_:
-        render.print_json([v.as_dict() for v in views])
+        render.print_json([v.model_dump() for v in views])
         return
     render.table(
         None,
@@ -101,19 +96,17 @@ def list_cmd(json_: Json = False) -> None:
 @user_app.command("delete")
 def delete_cmd(name: Name) -> None:
     """Delete a user with its tokens; what it created stays in its projects."""
-    from corral.access.users import delete_user
-
-    with open_corral() as ctx:
-        delete_user(ctx, local_actor(ctx), name)
+    with open_client() as api:
+        api.delete_user(name)
     render.out.print(f"user {name} deleted (its tokens are revoked)", markup=False)
 
 
 def _set_disabled(name: str, disabled: bool) -> None:
-    from corral.access.users import set_disabled
-
-    with open_corral() as ctx:
-        changed = set_disabled(ctx, local_actor(ctx), name, disabled)
+    with open_client() as api:
+        before = api.get_user(name).disabled
+        api.update_user(name, disabled=disabled)
     state = "disabled" if disabled else "enabled"
+    changed = before != disabled
     render.out.print(f"user {name} {'is now' if changed else 'was already'} {state}", markup=False)
 
 
@@ -135,10 +128,8 @@ def set_role_cmd(
     role: Annotated[str, typer.Argument(metavar="ROLE", help="admin, operator or viewer.")],
 ) -> None:
     """Give a user another role (from its next request on)."""
-    from corral.access.users import set_role
-
-    with open_corral() as ctx:
-        view = set_role(ctx, local_actor(ctx), name, role)
+    with open_client() as api:
+        view = api.update_user(name, role=role)
     render.out.print(f"user {view.name} is now {view.role}", markup=False)
 
 
@@ -150,9 +141,7 @@ def password_cmd(
     ] = False,
 ) -> None:
     """Set a user's password, read from standard input (one line)."""
-    from corral.access.users import set_password
-
     password = None if remove else read_password("stdin")
-    with open_corral() as ctx:
-        set_password(ctx, local_actor(ctx), name, password)
+    with open_client() as api:
+        api.update_user(name, password=password)
     render.out.print(f"password of user {name} {'removed' if remove else 'set'}", markup=False)

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from corral.access.quotas import check_project_quota, demand_of, reserving
 from corral.compute import records
 from corral.compute.context import Corral
-from corral.compute.lifecycle import vm_lock
+from corral.compute.lifecycle import Progress, holding, quiet, vm_lock
 from corral.compute.locks import ObjectLock
 from corral.compute.ownership import image_usable, resolve_project
 from corral.compute.state import Op, VmState, require
@@ -122,8 +122,9 @@ def build_spec(req: CreateRequest, image: ImageRow | None) -> VmSpec:
     return parse(VmSpec, data)
 
 
-def _check_ports_free(ctx: Corral, spec: VmSpec) -> None:
-    """:raise InvalidInput: a host port ``spec`` forwards is already another VM's."""
+def check_ports_free(ctx: Corral, spec: VmSpec) -> None:
+    """:raise InvalidInput: a host port ``spec`` forwards is already another VM's (the VM
+    of ``spec``'s own name does not count: its record is what ``spec`` replaces)."""
     wanted = {
         (f.protocol, f.host_port): index
         for index, nic in enumerate(spec.nics)
@@ -132,7 +133,8 @@ def _check_ports_free(ctx: Corral, spec: VmSpec) -> None:
     if not wanted:
         return
     with ctx.db.session() as session:
-        for name, raw in session.execute(select(VmRow.name, VmRow.spec)):
+        others = select(VmRow.name, VmRow.spec).where(VmRow.name != spec.name)
+        for name, raw in session.execute(others):
             other = VmSpec.model_validate_json(raw)
             for nic in other.nics:
                 for f in nic.forwards:
@@ -190,7 +192,7 @@ def _create_locked(ctx: Corral, req: CreateRequest) -> VmSpec:
                 raise NotFound("image", req.image)
     spec = build_spec(req, image)
     validate_spec(spec, ctx.caps)
-    _check_ports_free(ctx, spec)
+    check_ports_free(ctx, spec)
     demand = demand_of(spec, {image.name: image.virtual_size} if image is not None else {})
     check_project_quota(ctx, project_id, demand)
     paths = records.vm_paths(ctx, spec)
@@ -237,25 +239,32 @@ def _record_fields(fields: dict[str, str | None]) -> dict[str, str | None]:
     return fields
 
 
-def delete(ctx: Corral, name: str, keep_disks: bool = False) -> list[Path]:
+def delete(
+    ctx: Corral, name: str, keep_disks: bool = False, progress: Progress = quiet
+) -> list[Path]:
     """Delete a stopped VM with its directory; ``keep_disks`` moves its disks aside first.
 
+    :param progress: told of each phase (see :mod:`corral.compute.lifecycle`).
     :return: where kept disks now are.
     :raise StateError: the VM is running.
     """
-    with vm_lock(ctx, name), ctx.db.session() as session:
-        vm = records.load(ctx, session, name)
-        records.reconcile(vm)
-        require(name, Op.DELETE, vm.state)
+    with holding(ctx, name, progress):
+        with ctx.db.session() as session:
+            require(name, Op.DELETE, records.reconcile(records.load(ctx, session, name)))
+        # Reported between transactions: a task's report writes to the same database.
+        progress(10, "moving the disks aside, deleting the rest" if keep_disks else "deleting")
         kept: list[Path] = []
-        if keep_disks:
-            dest_dir = ctx.home.root / "disks"
-            dest_dir.mkdir(exist_ok=True, mode=0o700)
-            for disk_name, files in vm.paths.disks.items():
-                dest = dest_dir / f"{name}-{disk_name}-{vm.spec.uuid.hex[:8]}.qcow2"
-                Path(files.top.path).replace(dest)
-                kept.append(dest)
-        session.delete(vm.row)
-        session.flush()
-        shutil.rmtree(vm.paths.root, ignore_errors=True)
+        with ctx.db.session() as session:
+            vm = records.load(ctx, session, name)
+            if keep_disks:
+                dest_dir = ctx.home.root / "disks"
+                dest_dir.mkdir(exist_ok=True, mode=0o700)
+                for disk_name, files in vm.paths.disks.items():
+                    dest = dest_dir / f"{name}-{disk_name}-{vm.spec.uuid.hex[:8]}.qcow2"
+                    Path(files.top.path).replace(dest)
+                    kept.append(dest)
+            session.delete(vm.row)
+            session.flush()
+            shutil.rmtree(vm.paths.root, ignore_errors=True)
+        progress(95, "deleted")
         return kept

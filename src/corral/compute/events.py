@@ -12,7 +12,15 @@ What feeds it:
 - VM state changes: a :class:`Watcher` thread looks at the VM records every
   :data:`WATCH_INTERVAL` seconds, reconciles an active VM whose QEMU process has gone
   (guest power-off, crash, kill), and publishes each VM whose recorded state differs from
-  the last one it saw, whoever changed it (a task, the CLI, reconciliation).
+  the last one it saw, whoever changed it (a task, the CLI, reconciliation);
+- QMP events: the watcher keeps a listener on the events monitor of each running QEMU
+  (:mod:`corral.qemu.listener`; attached when it sees a VM running, so also to the guests
+  a restarted daemon re-adopts) and publishes each of :data:`~corral.qemu.monitor.VM_EVENTS`
+  as a ``vm.qmp`` event at once. An event does not change a record by itself: it makes the
+  watcher look now, and for one that changes the run state (``STOP``, ``RESUME``, ...) ask
+  QEMU's run state while reconciling, so the recorded state follows promptly, with the
+  records staying the truth. A VM whose QEMU has no events monitor (started by an older
+  corral) is watched through its process only.
 
 An event's id grows monotonically, across daemon restarts too (each broker starts counting
 at its start time in microseconds), so that a stale ``Last-Event-ID`` is recognised.
@@ -32,13 +40,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select
 
 from corral.compute.context import Corral
 from corral.errors import CorralError
 from corral.store.models import VmRow
+
+if TYPE_CHECKING:
+    from corral.qemu.listener import QmpEvent
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +59,12 @@ HISTORY = 1000
 QUEUE_SIZE = 256
 #: Seconds between two looks of the :class:`Watcher` at the VMs.
 WATCH_INTERVAL = 0.5
+#: Seconds before the watcher tries again to listen to a running VM's events monitor.
+LISTEN_RETRY = 5.0
+#: QMP events after which the watcher asks QEMU's run state when it reconciles the VM.
+_RUN_STATE_EVENTS = frozenset({"STOP", "RESUME", "SUSPEND", "WAKEUP", "GUEST_PANICKED"})
 
-Kind = Literal["task", "vm"]
+Kind = Literal["task", "vm", "vm.qmp"]
 
 
 @dataclass(frozen=True)
@@ -184,9 +199,10 @@ class Broker:
                 data=data,
             )
             self._history.append(event)
-            subscribers = list(self._subscribers)
-        for subscriber in subscribers:
-            subscriber.deliver(event)
+            # Handed on under the lock (it never blocks), so that events published at once
+            # by several threads reach every subscriber in the order of their ids.
+            for subscriber in self._subscribers:
+                subscriber.deliver(event)
         return event
 
     def subscribe(
@@ -271,52 +287,96 @@ def sse(item: Event | Lost) -> str:
 class _Seen:
     state: str
     project_id: str
+    #: The recorded QEMU process (PID, start ticks) while the VM is active.
+    process: tuple[int, int] | None = None
+
+
+@dataclass
+class _Feed:
+    """A running VM's events monitor as the watcher follows it."""
+
+    #: The QEMU process it belongs to (PID, start ticks).
+    process: tuple[int, int]
+    project_id: str
+    #: Whether a listener is connected to it.
+    attached: bool = False
+    #: When to try again to connect (``time.monotonic()``) while it is not.
+    retry_at: float = 0.0
 
 
 class Watcher:
-    """A thread that publishes VM state changes, reconciling VMs whose QEMU has gone.
+    """A thread that publishes VM state changes and QMP events, reconciling VMs whose QEMU
+    has gone.
 
     :param interval: seconds between two looks.
     """
 
     def __init__(self, ctx: Corral, broker: Broker, interval: float = WATCH_INTERVAL) -> None:
+        from corral.qemu.listener import EventListeners
+        from corral.qemu.monitor import VM_EVENTS
+
         self.ctx = ctx
         self.broker = broker
         self.interval = interval
         self._seen: dict[str, _Seen] | None = None
         self._stop = threading.Event()
+        #: Set to look now rather than at the end of the interval.
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="vm-watcher", daemon=True)
+        self._listeners = EventListeners(self._qmp_event, self._qmp_ended, VM_EVENTS)
+        #: Guarded by ``_lock``: the listeners' thread reads them too.
+        self._lock = threading.Lock()
+        self._feeds: dict[str, _Feed] = {}
+        #: VMs whose run state QEMU is to be asked at the next look.
+        self._ask: set[str] = set()
+
+    @property
+    def listening(self) -> frozenset[str]:
+        """The VMs whose events monitor is listened to now."""
+        return self._listeners.keys()
 
     def start(self) -> None:
-        """Learn the VMs' states (in the caller's thread), then watch them in the thread."""
+        """Learn the VMs' states and listen to the running ones (in the caller's thread),
+        then watch them in the thread."""
         self.look()
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """End the thread and every QMP listener."""
         self._stop.set()
-        self._thread.join(timeout)
+        self._wake.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        self._listeners.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 self.look()
             except Exception:  # a bug, or the database away: try again next time
                 log.exception("the vm watcher failed")
-            self._stop.wait(self.interval)
+            self._wake.wait(self.interval)
 
     def look(self) -> None:
-        """Reconcile active VMs whose process is gone; publish each state change since the
-        last look (the first look only learns the states)."""
+        """Reconcile active VMs whose process is gone (and those whose QMP events say their
+        run state changed); follow the running VMs' events monitors; publish each state
+        change since the last look (the first look only learns the states)."""
         with self.ctx.db.session() as session:
             rows = list(session.scalars(select(VmRow)))
         for row in rows:
             if row.pid is not None and _gone(row):
                 self._reconcile(row.name)
+        with self._lock:
+            ask, self._ask = self._ask, set()
+        for name in sorted(ask):
+            self._reconcile(name, ask_monitor=True)
         with self.ctx.db.session() as session:
             now = {
-                row.name: (_Seen(row.state, row.project_id), row.reason)
+                row.name: (_Seen(row.state, row.project_id, _process(row)), row.reason)
                 for row in session.scalars(select(VmRow))
             }
+        self._follow({name: seen for name, (seen, _) in now.items()})
         before, self._seen = self._seen, {name: seen for name, (seen, _) in now.items()}
         if before is None:
             return
@@ -341,9 +401,72 @@ class Watcher:
                 {"name": name, "state": "deleted", "previous": old.state, "reason": None},
             )
 
-    def _reconcile(self, name: str) -> None:
+    def _follow(self, now: dict[str, _Seen]) -> None:
+        """Listen to the events monitor of each VM whose QEMU is recorded (once per QEMU
+        process, again after :data:`LISTEN_RETRY` if it did not answer), and stop listening
+        to the others. Done before the look publishes, so that once a ``running`` VM event is
+        out, the VM's QMP events are too."""
+        from corral.qemu.paths import VmPaths
+
+        clock = time.monotonic()
+        for name, seen in sorted(now.items()):
+            if seen.process is None:
+                if name in self._feeds:
+                    self._unfollow(name)
+                continue
+            with self._lock:
+                feed = self._feeds.get(name)
+                if feed is not None and feed.process == seen.process:
+                    feed.project_id = seen.project_id
+                    if feed.attached or clock < feed.retry_at:
+                        continue
+                feed = self._feeds[name] = _Feed(seen.process, seen.project_id)
+            socket_path = VmPaths.for_dir(str(self.ctx.home.vm_dir(name))).events_socket
+            attached = self._listeners.attach(name, socket_path)
+            with self._lock:
+                feed.attached = attached
+                feed.retry_at = time.monotonic() + LISTEN_RETRY
+        for name in sorted(self._feeds.keys() - now.keys()):
+            self._unfollow(name)
+
+    def _unfollow(self, name: str) -> None:
+        with self._lock:
+            self._feeds.pop(name, None)
+        self._listeners.detach(name)
+
+    def _qmp_event(self, name: str, event: QmpEvent) -> None:
+        """In the listeners' thread: publish ``event`` of VM ``name``; look now."""
+        with self._lock:
+            feed = self._feeds.get(name)
+            if event.name in _RUN_STATE_EVENTS:
+                self._ask.add(name)
+        self.broker.publish(
+            "vm.qmp",
+            feed.project_id if feed else None,
+            {
+                "name": name,
+                "event": event.name,
+                "timestamp": event.timestamp,
+                "details": event.data,
+            },
+        )
+        self._wake.set()
+
+    def _qmp_ended(self, name: str) -> None:
+        """In the listeners' thread: QEMU closed ``name``'s events monitor (it is exiting)."""
+        with self._lock:
+            feed = self._feeds.get(name)
+            if feed is not None:
+                feed.attached = False
+                feed.retry_at = time.monotonic() + LISTEN_RETRY
+        self._wake.set()
+
+    def _reconcile(self, name: str, ask_monitor: bool = False) -> None:
         """Bring ``name``'s record in line with the host, unless a command holds its lock
-        (that command reconciles it itself)."""
+        (that command reconciles it itself).
+
+        :param ask_monitor: also ask QEMU's run state over the command monitor.
+        """
         from corral.compute import records
         from corral.compute.lifecycle import vm_lock
 
@@ -352,11 +475,18 @@ class Watcher:
             return
         try:
             with self.ctx.db.session() as session:
-                records.reconcile(records.load(self.ctx, session, name), ask_monitor=False)
+                records.reconcile(records.load(self.ctx, session, name), ask_monitor=ask_monitor)
         except CorralError as exc:
             log.warning("cannot reconcile vm %s: %s", name, exc)
         finally:
             lock.release()
+
+
+def _process(row: VmRow) -> tuple[int, int] | None:
+    """The QEMU process recorded for an active VM."""
+    if row.pid is None or row.pid_start is None:
+        return None
+    return (row.pid, row.pid_start)
 
 
 def _gone(row: VmRow) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,19 +207,19 @@ def list_vms(
 def page_vms(
     ctx: Corral,
     where: ColumnElement[bool],
-    state: str | None = None,
+    states: Collection[str] | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> tuple[list[VmView], int]:
     """One page of the VMs that ``where`` selects, by name, and how many there are in all.
 
     Only the records that may disagree with the host (active, or naming a PID) are
-    reconciled first, so that ``state`` filters on the truth; then the page is chosen in SQL,
+    reconciled first, so that ``states`` filters on the truth; then the page is chosen in SQL,
     and only its VMs are read in full (their specs parsed, their disks measured). A listing
     of a thousand stopped VMs reads a hundred of them.
 
     :param where: which records (a project scope, a name filter...).
-    :param state: only VMs in this state.
+    :param states: only VMs in one of these states (``None``: in any).
     """
     active = [s.value for s in VmState if s.active]
     with ctx.db.session() as session:
@@ -227,8 +228,8 @@ def page_vms(
             _reconciled(ctx, records.wrap(ctx, row), ask_monitor=False)
     with ctx.db.session() as session:
         query = select(VmRow).where(where)
-        if state is not None:
-            query = query.where(VmRow.state == state)
+        if states is not None:
+            query = query.where(VmRow.state.in_(sorted(states)))
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         names = project_names(session)
         rows = session.scalars(query.order_by(VmRow.name).limit(limit).offset(offset))

@@ -1,9 +1,11 @@
 """Key pairs: named SSH public keys that launches install in guests.
 
 corral records the public key and, for ``corral ssh``, the *path* of the private key; never the
-private key itself. :func:`create_key` writes a new ed25519 private key once, to a new file
-that only its owner can read (``~/.ssh/corral-<name>`` unless told otherwise), with the public
-half beside it in ``<path>.pub``.
+private key itself. :func:`write_key_files` writes a new ed25519 private key once, to a new
+file that only its owner can read (``~/.ssh/corral-<name>`` unless told otherwise), with the
+public half beside it in ``<path>.pub``: on the machine that asks, never on corrald's, which
+only ever receives the public key (:func:`register_key`). :func:`create_key` does both where
+the state directory is.
 
 Decisions:
 
@@ -11,6 +13,8 @@ Decisions:
   launch refers to, and two names for one key harm nothing;
 * :func:`delete_key` removes the record only; the private key file stays where it is, and
   instances launched with the key keep it in their ``authorized_keys``;
+* a private key path registered through the API is a hint for ``corral ssh`` on the machine
+  that made the key: corrald checks that it is an absolute path, not that the file exists;
 * a key pair belongs to one project (``default`` unless told otherwise), and a launch installs
   only its own project's key pairs (see :mod:`corral.compute.ownership`).
 """
@@ -20,11 +24,12 @@ from __future__ import annotations
 import os
 import re
 import stat
+import sys
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -177,6 +182,57 @@ def private_key_warning(path: str | Path) -> str | None:
     return None
 
 
+def check_private_key_hint(text: str, field: str = "private_key_path") -> str:
+    """Check a private key's path as a hint from another machine (the file is not looked at).
+
+    :raise InvalidInput: it is not absolute, holds control characters, or names a ``.pub``
+        file.
+    """
+    if not text.startswith("/"):
+        raise InvalidInput(field, f"{_shown(text)} is not an absolute path")
+    if not text.isprintable():
+        raise InvalidInput(field, "must be one line of printable characters")
+    if text.endswith(".pub"):
+        raise InvalidInput(
+            field, f"{text} is a public key file; give the private key (the file without .pub)"
+        )
+    return text
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def register_key(
+    ctx: Corral,
+    name: str,
+    public_key_text: str,
+    private_key_path: str | None = None,
+    field: str = "public_key",
+    project: str | None = None,
+) -> KeyPairView:
+    """Record a public key under ``name``; nothing is recorded if anything is wrong.
+
+    :param public_key_text: one OpenSSH public key (what a ``.pub`` file holds).
+    :param private_key_path: where the matching private key is on the machine that made it,
+        for ``corral ssh`` there: an absolute path, recorded as it is.
+    :param field: what errors about the key name (the file it came from).
+    :param project: the project it goes into, by name; ``None`` is ``default``.
+    :raise InvalidInput: a bad name, public key or private key path.
+    :raise NotFound: no such project.
+    :raise AlreadyExists: a key pair already has that name.
+    """
+    check_key_name(name)
+    key = parse_public_key(public_key_text, field)
+    if private_key_path is not None:
+        check_private_key_hint(private_key_path)
+    owner = _project(ctx, project)
+    with _lock(ctx, name):
+        if _exists(ctx, name):
+            raise AlreadyExists("key pair", name)
+        return _record(ctx, name, key, private_key_path, owner)
+
+
 def import_key(
     ctx: Corral,
     name: str,
@@ -185,7 +241,7 @@ def import_key(
     field: str = "public_key",
     project: str | None = None,
 ) -> KeyPairView:
-    """Record a public key under ``name``; nothing is recorded if anything is wrong.
+    """Record a public key under ``name``, with a private key path checked on this machine.
 
     :param public_key_text: one OpenSSH public key (what a ``.pub`` file holds).
     :param private_key_path: where the matching private key is, for ``corral ssh``; it must
@@ -197,13 +253,46 @@ def import_key(
     :raise AlreadyExists: a key pair already has that name.
     """
     check_key_name(name)
-    key = parse_public_key(public_key_text, field)
+    parse_public_key(public_key_text, field)
     private = None if private_key_path is None else check_private_key_path(private_key_path)
-    owner = _project(ctx, project)
-    with _lock(ctx, name):
-        if _exists(ctx, name):
-            raise AlreadyExists("key pair", name)
-        return _record(ctx, name, key, None if private is None else str(private), owner)
+    hint = None if private is None else str(private)
+    return register_key(ctx, name, public_key_text, hint, field, project)
+
+
+def read_public_key(
+    file: Path | None, private_key_path: Path | None = None, stdin: BinaryIO | None = None
+) -> tuple[PublicKey, Path | None]:
+    """Read and check the public key in ``file`` (``None``: ``stdin``), and where its private
+    key is on this machine.
+
+    Without ``private_key_path``, a ``file`` named ``X.pub`` next to a regular file ``X``
+    gives ``X`` as the private key (what ``ssh-keygen`` writes).
+
+    :return: the key and the private key's absolute path, if known.
+    :raise InvalidInput: the file is missing or not one acceptable public key (the error names
+        the file, or ``stdin``), or the private key path is not a regular file.
+    """
+    if file is None:
+        source = stdin if stdin is not None else sys.stdin.buffer
+        key = parse_public_key(decode_key_file(source.read(MAX_KEY_TEXT + 1), "stdin"), "stdin")
+    else:
+        try:
+            with file.open("rb") as handle:
+                data = handle.read(MAX_KEY_TEXT + 1)
+        except FileNotFoundError:
+            raise InvalidInput("file", f"{file} does not exist") from None
+        except IsADirectoryError:
+            raise InvalidInput("file", f"{file} is a directory, not a public key file") from None
+        except OSError as exc:
+            raise InvalidInput("file", f"{file} cannot be read: {exc.strerror or exc}") from None
+        key = parse_public_key(decode_key_file(data, str(file)), str(file))
+        if private_key_path is None and file.name.endswith(".pub"):
+            companion = file.with_name(file.name.removesuffix(".pub"))
+            if companion.is_file():
+                private_key_path = companion
+    if private_key_path is None:
+        return key, None
+    return key, check_private_key_path(private_key_path)
 
 
 def import_key_file(
@@ -213,10 +302,7 @@ def import_key_file(
     private_key_path: Path | None = None,
     project: str | None = None,
 ) -> KeyPairView:
-    """Record the public key in ``file`` under ``name``.
-
-    Without ``private_key_path``, a ``file`` named ``X.pub`` next to a regular file ``X``
-    records ``X`` as the private key (what ``ssh-keygen`` writes).
+    """Record the public key in ``file`` under ``name`` (see :func:`read_public_key`).
 
     :param project: the project it goes into, by name; ``None`` is ``default``.
     :raise InvalidInput: the file is missing or not one acceptable public key (the error names
@@ -225,31 +311,83 @@ def import_key_file(
     :raise AlreadyExists: a key pair already has that name.
     """
     check_key_name(name)
+    key, private = read_public_key(file, private_key_path)
+    hint = None if private is None else str(private)
+    return register_key(ctx, name, key.line, hint, str(file), project)
+
+
+@dataclass(frozen=True)
+class KeyFiles:
+    """A key pair's new files, and its public key."""
+
+    #: The private key (mode 0600).
+    private: Path
+    #: ``<private>.pub``.
+    public: Path
+    key: PublicKey
+
+    def remove(self) -> None:
+        """Remove both files (what is left of them)."""
+        for path in (self.private, self.public):
+            path.unlink(missing_ok=True)
+
+
+def new_key(name: str) -> tuple[bytes, PublicKey]:
+    """A new ed25519 key pair for the key pair ``name``: the private key (OpenSSH PEM, not
+    encrypted) and the public key, commented ``corral-<name>``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.generate()
+    secret = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    openssh = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return secret, parse_public_key(f"{openssh.decode()} {DEFAULT_KEY_PREFIX}{name}")
+
+
+def write_key_files(name: str, out: Path | None = None) -> KeyFiles:
+    """Create an ed25519 key pair as two new files; neither is ever overwritten.
+
+    The private key goes to ``out`` (default :func:`default_private_key_path`, creating
+    ``~/.ssh`` with mode 0700 if needed), mode 0600, and the public key to ``<out>.pub``.
+    Either both files are written or neither is.
+
+    :raise InvalidInput: a bad name, or a file that exists or cannot be written (``out``).
+    """
+    check_key_name(name)
+    path = default_private_key_path(name) if out is None else out.expanduser().absolute()
+    public_path = path.with_name(path.name + ".pub")
+    if out is None:
+        _ensure_ssh_dir(path.parent)
+    elif not path.parent.is_dir():
+        raise InvalidInput("out", f"{path.parent} is not a directory")
+    for target in (path, public_path):
+        if target.exists() or target.is_symlink():
+            raise _file_exists(target)
+    secret, key = new_key(name)
+    files = KeyFiles(private=path, public=public_path, key=key)
+    written: list[Path] = []
     try:
-        with file.open("rb") as handle:
-            data = handle.read(MAX_KEY_TEXT + 1)
-    except FileNotFoundError:
-        raise InvalidInput("file", f"{file} does not exist") from None
-    except IsADirectoryError:
-        raise InvalidInput("file", f"{file} is a directory, not a public key file") from None
-    except OSError as exc:
-        raise InvalidInput("file", f"{file} cannot be read: {exc.strerror or exc}") from None
-    text = decode_key_file(data, str(file))
-    if private_key_path is None and file.name.endswith(".pub"):
-        companion = file.with_name(file.name.removesuffix(".pub"))
-        if companion.is_file():
-            private_key_path = companion
-    return import_key(ctx, name, text, private_key_path, field=str(file), project=project)
+        _write_new(path, secret, 0o600)
+        written.append(path)
+        _write_new(public_path, (key.line + "\n").encode(), 0o644)
+    except BaseException:
+        for done in written:
+            done.unlink(missing_ok=True)
+        raise
+    return files
 
 
 def create_key(
     ctx: Corral, name: str, out: Path | None = None, project: str | None = None
 ) -> tuple[KeyPairView, Path]:
-    """Create an ed25519 key pair: the private key written once to a new 0600 file.
-
-    The private key goes to ``out`` (default :func:`default_private_key_path`, creating
-    ``~/.ssh`` with mode 0700 if needed) and the public key to ``<out>.pub``; neither file is
-    ever overwritten. All or nothing: if recording fails, the files are removed.
+    """Create an ed25519 key pair (:func:`write_key_files`) and record it, on the machine of
+    the state directory. All or nothing: if recording fails, the files are removed.
 
     :param project: the project it goes into, by name; ``None`` is ``default``.
     :return: the recorded key pair and the private key's path.
@@ -257,45 +395,18 @@ def create_key(
     :raise NotFound: no such project (checked before any file is written).
     :raise AlreadyExists: a key pair already has that name.
     """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     check_key_name(name)
-    path = default_private_key_path(name) if out is None else out.expanduser().absolute()
-    public_path = path.with_name(path.name + ".pub")
     owner = _project(ctx, project)
     with _lock(ctx, name):
         if _exists(ctx, name):
             raise AlreadyExists("key pair", name)
-        if out is None:
-            _ensure_ssh_dir(path.parent)
-        elif not path.parent.is_dir():
-            raise InvalidInput("out", f"{path.parent} is not a directory")
-        for target in (path, public_path):
-            if target.exists() or target.is_symlink():
-                raise _file_exists(target)
-        private = Ed25519PrivateKey.generate()
-        secret = private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-        openssh = private.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        key = parse_public_key(f"{openssh.decode()} {DEFAULT_KEY_PREFIX}{name}")
-        written: list[Path] = []
+        files = write_key_files(name, out)
         try:
-            _write_new(path, secret, 0o600)
-            written.append(path)
-            _write_new(public_path, (key.line + "\n").encode(), 0o644)
-            written.append(public_path)
-            view = _record(ctx, name, key, str(path), owner)
+            view = _record(ctx, name, files.key, str(files.private), owner)
         except BaseException:
-            for done in written:
-                done.unlink(missing_ok=True)
+            files.remove()
             raise
-    return view, path
+    return view, files.private
 
 
 def _ensure_ssh_dir(directory: Path) -> None:

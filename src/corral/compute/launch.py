@@ -42,7 +42,7 @@ from corral.compute.define import CreateRequest, check_name, create, delete
 from corral.compute.ports import bindable, pick_port, ports_lock, reserved_by_records
 from corral.compute.serial import wait_for_line
 from corral.compute.settings import load_settings
-from corral.compute.ssh import SSH_PORT, learn_host_keys, target, wait_for_sshd
+from corral.compute.ssh import SSH_PORT, access, learn_host_keys, wait_for_sshd
 from corral.compute.sshcmd import SshTarget, ssh_argv
 from corral.errors import (
     AlreadyExists,
@@ -101,6 +101,10 @@ class PhaseEvent:
     phase: Phase
     status: Literal["begin", "end", "fail"]
     seconds: float | None = None
+    #: The instance's cloud-init instance id.
+    instance_id: str | None = None
+    #: The host port forwarded to its SSH server, once ``clone`` has reserved it.
+    port: int | None = None
 
 
 ProgressFn = Callable[[PhaseEvent], None]
@@ -346,7 +350,7 @@ class _Timer:
 
     def __enter__(self) -> _Timer:
         self.start = time.monotonic()
-        self.report(PhaseEvent(self.instance.name, self.phase, "begin"))
+        self.report(self._event("begin"))
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -354,7 +358,13 @@ class _Timer:
         status: Literal["end", "fail"] = "fail" if exc_type is not None else "end"
         if status == "end":
             self.instance.phases[self.phase] = seconds
-        self.report(PhaseEvent(self.instance.name, self.phase, status, seconds))
+        self.report(self._event(status, seconds))
+
+    def _event(
+        self, status: Literal["begin", "end", "fail"], seconds: float | None = None
+    ) -> PhaseEvent:
+        i = self.instance
+        return PhaseEvent(i.name, self.phase, status, seconds, i.instance_id, i.port or None)
 
 
 def _make(
@@ -469,12 +479,14 @@ def _await_ready(
         return
     learn_host_keys(ctx, instance.name, serial_log)
     instance.status = "ready"
-    instance.ssh_command = ssh_command(ctx, instance.name)
+    with contextlib.suppress(CorralError):  # it answered SSH; gone again since, it still did
+        instance.ssh_command = ssh_command(ctx, instance.name)
 
 
 def ssh_command(ctx: Corral, name: str) -> list[str]:
-    """The OpenSSH command line that logs in to ``name``."""
-    found: SshTarget = target(ctx, name)
+    """The OpenSSH command line that logs in to ``name`` from the daemon's host (with the key
+    pair's recorded private key path, whether or not that file is on this host)."""
+    found: SshTarget = access(ctx, name).on_host()
     return ssh_argv(found)
 
 

@@ -4,12 +4,16 @@ Each operation holds the VM's lock from start to end, so two commands on one VM 
 serialised. State changes are committed as they happen (``starting`` before QEMU is launched,
 ``running`` once it answers), never inside a long wait, so a command killed at any point
 leaves a record that :func:`corral.compute.records.reconcile` understands.
+
+An operation tells its :data:`Progress` what it is doing: that it waits for the lock while
+another operation holds the VM, then each phase, the first once it holds the lock and the
+last before it lets go (a task's progress shows the one after the other).
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,14 @@ READY_TIMEOUT = 120.0
 #: Default seconds a guest gets to power off after the ACPI button.
 STOP_TIMEOUT = 60.0
 
+#: What an operation reports as it goes: percent done (0-100) and what it is doing.
+Progress = Callable[[int, str], None]
+
+
+def quiet(percent: int, detail: str) -> None:
+    """A :data:`Progress` that reports nowhere."""
+    del percent, detail
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -40,9 +52,29 @@ class Outcome:
     seconds: float | None = None
 
 
-def vm_lock(ctx: Corral, name: str) -> ObjectLock:
-    """The lock that serialises commands on VM ``name``."""
-    return ObjectLock(ctx.home.locks, "vm", name)
+def vm_lock(ctx: Corral, name: str, wait: float = 120.0) -> ObjectLock:
+    """The lock that serialises commands on VM ``name``.
+
+    :param wait: seconds :meth:`~ObjectLock.acquire` waits for another holder.
+    """
+    return ObjectLock(ctx.home.locks, "vm", name, wait=wait)
+
+
+@contextmanager
+def holding(ctx: Corral, name: str, progress: Progress = quiet) -> Iterator[None]:
+    """VM ``name``'s lock for the block; while another operation holds it, ``progress``
+    says that this one waits.
+
+    :raise Busy: the other operation held it for longer than the lock's wait.
+    """
+    lock = vm_lock(ctx, name)
+    if not lock.try_acquire():
+        progress(0, f"waiting for vm {name}: another operation holds it")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager
@@ -71,7 +103,13 @@ def _set(
         records.set_state(vm, state, reason, proc)
 
 
-def start(ctx: Corral, name: str, wait: bool = False, timeout: float = READY_TIMEOUT) -> Outcome:
+def start(
+    ctx: Corral,
+    name: str,
+    wait: bool = False,
+    timeout: float = READY_TIMEOUT,
+    progress: Progress = quiet,
+) -> Outcome:
     """Boot a VM; with ``wait``, return once its ready marker is on the serial console.
 
     :raise StateError: the VM is not defined, shut off or crashed.
@@ -81,8 +119,9 @@ def start(ctx: Corral, name: str, wait: bool = False, timeout: float = READY_TIM
     from corral.qemu.argv import build_argv
     from corral.spec.validate import validate_spec
 
-    with vm_lock(ctx, name):
+    with holding(ctx, name, progress):
         vm = _prepare(ctx, name, Op.START)
+        progress(10, "launching QEMU")
         previous = vm.state
         validate_spec(vm.spec, ctx.caps)
         argv = build_argv(vm.spec, ctx.caps, vm.paths)
@@ -97,9 +136,12 @@ def start(ctx: Corral, name: str, wait: bool = False, timeout: float = READY_TIM
             _set(ctx, name, VmState.SHUTOFF if previous is VmState.CRASHED else previous, str(exc))
             raise
         _set(ctx, name, VmState.RUNNING, "started", proc)
+        progress(50, f"QEMU runs (pid {proc.pid})")
         if not wait or vm.row.ready_marker is None:
             return Outcome(name, VmState.RUNNING, f"pid {proc.pid}")
+        progress(60, "waiting for the guest to be ready")
         seconds = _wait_ready(vm, proc, offset, timeout)
+        progress(95, f"guest ready in {seconds:.1f} s")
         return Outcome(name, VmState.RUNNING, "ready", seconds)
 
 
@@ -127,17 +169,24 @@ def _wait_ready(vm: Vm, proc: process.QemuProcess, offset: int, timeout: float) 
     )
 
 
-def stop(ctx: Corral, name: str, timeout: float = STOP_TIMEOUT, force: bool = True) -> Outcome:
+def stop(
+    ctx: Corral,
+    name: str,
+    timeout: float = STOP_TIMEOUT,
+    force: bool = True,
+    progress: Progress = quiet,
+) -> Outcome:
     """Shut a VM down through ACPI; after ``timeout`` seconds, force it off if ``force``.
 
     :raise StateError: the VM is not running.
     :raise GuestTimeout: the guest ignored the power button and ``force`` is off.
     """
-    with vm_lock(ctx, name):
+    with holding(ctx, name, progress):
         vm = _prepare(ctx, name, Op.STOP)
         proc = records.find_process(vm)
         assert proc is not None
         _set(ctx, name, VmState.STOPPING, "ACPI power button pressed")
+        progress(10, "ACPI power button pressed")
         try:
             with Monitor(vm.paths.qmp_socket) as mon:
                 mon.system_powerdown()
@@ -146,12 +195,15 @@ def stop(ctx: Corral, name: str, timeout: float = STOP_TIMEOUT, force: bool = Tr
                 raise
         if process.wait_exit(proc, timeout):
             _finish_off(ctx, vm, "stopped")
+            progress(95, "guest powered off")
             return Outcome(name, VmState.SHUTOFF, "guest powered off")
         if not force:
             _set(ctx, name, VmState.RUNNING, "guest ignored the ACPI power button")
             raise GuestTimeout(name, "power-off after the ACPI power button", timeout)
+        progress(80, f"no ACPI power-off within {timeout:.0f} s: forcing off")
         _force_off(vm, proc)
         _finish_off(ctx, vm, f"forced off: no ACPI power-off within {timeout:.0f} s")
+        progress(95, "forced off")
         return Outcome(name, VmState.SHUTOFF, "forced off after the timeout")
 
 
@@ -174,45 +226,50 @@ def _finish_off(ctx: Corral, vm: Vm, reason: str) -> None:
     _set(ctx, vm.name, VmState.SHUTOFF, reason)
 
 
-def destroy(ctx: Corral, name: str) -> Outcome:
+def destroy(ctx: Corral, name: str, progress: Progress = quiet) -> Outcome:
     """Force a VM off at once, as pulling the power cord does.
 
     :raise StateError: the VM is not running.
     """
-    with vm_lock(ctx, name):
+    with holding(ctx, name, progress):
         vm = _prepare(ctx, name, Op.DESTROY)
+        progress(10, "forcing off")
         proc = records.find_process(vm)
         if proc is not None:
             _force_off(vm, proc)
         _finish_off(ctx, vm, "destroyed")
+        progress(95, "destroyed")
         return Outcome(name, VmState.SHUTOFF, "destroyed")
 
 
-def pause(ctx: Corral, name: str) -> Outcome:
+def pause(ctx: Corral, name: str, progress: Progress = quiet) -> Outcome:
     """Stop the vCPUs; memory and devices stay as they are.
 
     :raise StateError: the VM is not running.
     """
-    return _set_vcpus(ctx, name, Op.PAUSE, VmState.PAUSED)
+    return _set_vcpus(ctx, name, Op.PAUSE, VmState.PAUSED, progress)
 
 
-def resume(ctx: Corral, name: str) -> Outcome:
+def resume(ctx: Corral, name: str, progress: Progress = quiet) -> Outcome:
     """Let the vCPUs of a paused VM run again.
 
     :raise StateError: the VM is not paused.
     """
-    return _set_vcpus(ctx, name, Op.RESUME, VmState.RUNNING)
+    return _set_vcpus(ctx, name, Op.RESUME, VmState.RUNNING, progress)
 
 
-def _set_vcpus(ctx: Corral, name: str, op: Op, state: VmState) -> Outcome:
-    with vm_lock(ctx, name):
+def _set_vcpus(ctx: Corral, name: str, op: Op, state: VmState, progress: Progress) -> Outcome:
+    pausing = state is VmState.PAUSED
+    with holding(ctx, name, progress):
         vm = _prepare(ctx, name, op)
+        progress(10, "stopping the vCPUs" if pausing else "letting the vCPUs run")
         with Monitor(vm.paths.qmp_socket) as mon:
-            if state is VmState.PAUSED:
+            if pausing:
                 mon.stop()
             else:
                 mon.cont()
-        _set(ctx, name, state, "paused" if state is VmState.PAUSED else "resumed")
+        _set(ctx, name, state, "paused" if pausing else "resumed")
+        progress(95, state.value)
         return Outcome(name, state)
 
 
@@ -222,6 +279,7 @@ def reboot(
     wait: bool = False,
     timeout: float = STOP_TIMEOUT,
     ready_timeout: float = READY_TIMEOUT,
+    progress: Progress = quiet,
 ) -> Outcome:
     """Reboot cleanly: ACPI power-off with QEMU told to hold, then reset and run again.
 
@@ -231,11 +289,12 @@ def reboot(
 
     :raise StateError: the VM is not running.
     """
-    with vm_lock(ctx, name):
+    with holding(ctx, name, progress):
         vm = _prepare(ctx, name, Op.REBOOT)
         proc = records.find_process(vm)
         assert proc is not None
         offset = log_size(vm.paths.serial_log)
+        progress(10, "ACPI power button pressed")
         detail = "rebooted"
         with Monitor(vm.paths.qmp_socket) as mon:
             mon.set_shutdown_action("pause")
@@ -250,7 +309,10 @@ def reboot(
             finally:
                 mon.set_shutdown_action("poweroff")
         _set(ctx, name, VmState.RUNNING, detail)
+        progress(50, detail)
         if not wait or vm.row.ready_marker is None:
             return Outcome(name, VmState.RUNNING, detail)
+        progress(60, "waiting for the guest to be ready")
         seconds = _wait_ready(vm, proc, offset, ready_timeout)
+        progress(95, f"guest ready in {seconds:.1f} s")
         return Outcome(name, VmState.RUNNING, detail, seconds)

@@ -1,20 +1,29 @@
 """SSH access to a VM: its address, login user, key and known host keys; waiting for sshd.
 
-The pure parts (console parsing, the client's command line) are in
-:mod:`corral.compute.sshcmd`; this module reads the records, the console log and the network.
+:func:`access` is what the API answers (``GET /vms/{name}/ssh``): where the forward listens,
+who logs in, the key pair and the host keys, none of it tied to the machine a client runs
+on (:meth:`SshAccess.on_host` is the login from the daemon's own host; a client elsewhere
+makes its own, :mod:`corral.client.ssh`). The pure parts (console parsing, the client's
+command line) are in :mod:`corral.compute.sshcmd`; this module reads the records, the
+console log and the network.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from corral.compute import records
 from corral.compute.context import Corral
-from corral.compute.sshcmd import SshTarget, host_keys_from_console, known_hosts
+from corral.compute.sshcmd import (
+    SshTarget,
+    host_keys_from_console,
+    keys_of_known_hosts,
+    known_hosts,
+)
 from corral.errors import GuestTimeout, InvalidInput, StateError
 from corral.spec.vm import VmSpec
 
@@ -64,20 +73,53 @@ def learn_host_keys(ctx: Corral, name: str, serial_log: str) -> list[str]:
     return keys
 
 
-def target(
-    ctx: Corral,
-    name: str,
-    user: str | None = None,
-    identity: str | None = None,
-) -> SshTarget:
-    """Where and how to log in to VM ``name`` over its forwarded SSH port.
+@dataclass(frozen=True)
+class SshAccess:
+    """What a client needs to log in to a VM, as its daemon knows it: nothing here depends on
+    the machine the client runs on (see :meth:`on_host` for the daemon's own host)."""
 
-    :param user: overrides the VM's login user (from its image; ``root`` by default).
-    :param identity: overrides the key pair's private key file.
+    vm: str
+    #: The login user (the image's, unless the VM records another; ``root`` by default).
+    user: str
+    #: The address the SSH forward listens on, as the daemon's host sees it.
+    address: str
+    port: int
+    #: The key pair installed in the guest, if it was launched with one.
+    keypair: str | None
+    #: The private key file recorded for that key pair: a path on the machine that made or
+    #: imported it, if one was recorded.
+    identity: str | None
+    #: The guest's host keys (``<kind> <base64>``) learned from its console.
+    host_keys: tuple[str, ...]
+    #: The VM's own known_hosts file on the daemon's host (holding :attr:`host_keys`).
+    known_hosts: str
+
+    def on_host(self, user: str | None = None, identity: str | None = None) -> SshTarget:
+        """The target as seen from the daemon's own host (its known_hosts file, the recorded
+        private key path).
+
+        :param user: overrides the login user.
+        :param identity: overrides the recorded private key file.
+        """
+        host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address  # noqa: S104
+        return SshTarget(
+            self.vm,
+            user or self.user,
+            host,
+            self.port,
+            identity or self.identity,
+            self.known_hosts,
+            bool(self.host_keys),
+        )
+
+
+def access(ctx: Corral, name: str) -> SshAccess:
+    """How VM ``name`` is reached over its forwarded SSH port; the host keys its console
+    printed are learned first.
+
     :raise NotFound: there is no such VM.
-    :raise StateError: the VM is not running.
-    :raise InvalidInput: the VM has no port forwarded to its port 22, or the key pair's
-        private key file is missing and no ``identity`` was given.
+    :raise StateError: the VM is not running (or paused).
+    :raise InvalidInput: the VM has no port forwarded to its port 22.
     """
     from corral.compute.inventory import info
 
@@ -87,7 +129,7 @@ def target(
     with ctx.db.session() as session:
         vm = records.load(ctx, session, name)
         forward = ssh_forward(vm.spec)
-        login = user or vm.row.ssh_user or DEFAULT_USER
+        login = vm.row.ssh_user or DEFAULT_USER
         keypair = vm.row.keypair
         serial_log = vm.paths.serial_log
     if forward is None:
@@ -96,38 +138,36 @@ def target(
             f"{name!r} has no host port forwarded to its port 22 "
             "(launch it with `corral launch`, or create it with --forward tcp::PORT:22)",
         )
-    if identity is None and keypair is not None:
-        identity = _private_key(ctx, keypair)
     learn_host_keys(ctx, name, serial_log)
     path = known_hosts_path(ctx, name)
-    keys_known = False
-    with contextlib.suppress(FileNotFoundError):
-        keys_known = path.stat().st_size > 0
-    if not path.exists():
+    keys: list[str] = []
+    try:
+        keys = keys_of_known_hosts(path.read_text())
+    except FileNotFoundError:
         path.touch(mode=0o600)
-    host = "127.0.0.1" if forward[0] == "0.0.0.0" else forward[0]  # noqa: S104
-    return SshTarget(name, login, host, forward[1], identity, str(path), keys_known)
+    return SshAccess(
+        vm=name,
+        user=login,
+        address=forward[0],
+        port=forward[1],
+        keypair=keypair,
+        identity=_recorded_key(ctx, keypair),
+        host_keys=tuple(keys),
+        known_hosts=str(path),
+    )
 
 
-def _private_key(ctx: Corral, keypair: str) -> str | None:
-    """The private key file recorded for ``keypair``, if the pair and the file still exist."""
+def _recorded_key(ctx: Corral, keypair: str | None) -> str | None:
+    """The private key path recorded for ``keypair``, if the pair still exists."""
     from corral.compute.keys import get_key
     from corral.errors import NotFound
 
+    if keypair is None:
+        return None
     try:
-        key = get_key(ctx, keypair)
+        return get_key(ctx, keypair).private_key_path
     except NotFound:
         return None
-    path = key.private_key_path
-    if path is None:
-        return None
-    if not Path(path).is_file():
-        raise InvalidInput(
-            "identity",
-            f"the private key of key pair {keypair!r} is not at {path} any more; "
-            "give its path with -i",
-        )
-    return path
 
 
 def wait_for_sshd(vm: str, host: str, port: int, timeout: float) -> float:

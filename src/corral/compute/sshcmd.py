@@ -8,6 +8,9 @@ the reference guest prints the same block. They go to a ``known_hosts`` file of 
 under a ``HostKeyAlias`` (``<vm>.corral``), so the entry holds whatever loopback port the VM
 is forwarded on, and ``~/.ssh/known_hosts`` is never touched. When the console shows no
 keys, the first connection learns them (``StrictHostKeyChecking=accept-new``).
+
+A forward listens on the daemon's host; a client elsewhere reaches a loopback forward through
+that host (``ProxyJump``), with the same host keys checked at the end of the tunnel.
 """
 
 from __future__ import annotations
@@ -61,6 +64,21 @@ def known_hosts(vm: str, keys: Iterable[str]) -> str:
     return "".join(f"{alias} {key}\n" for key in seen)
 
 
+def keys_of_known_hosts(text: str) -> list[str]:
+    """The ``<kind> <base64>`` keys of a one-host ``known_hosts`` file (deduplicated, in
+    order), whatever names or hashed names their lines start with; markers and comments
+    are skipped."""
+    keys: dict[str, None] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[0].startswith(("#", "@")):
+            continue
+        match = _KEY.match(f"{fields[1]} {fields[2]}")
+        if match:
+            keys[f"{match['kind']} {match['blob']}"] = None
+    return list(keys)
+
+
 @dataclass(frozen=True)
 class SshTarget:
     """Where and as whom to log in to one VM."""
@@ -75,6 +93,9 @@ class SshTarget:
     known_hosts: str
     #: Whether that file already holds the guest's keys (else the first connection adds them).
     keys_known: bool
+    #: A host to reach ``host`` through (``ProxyJump``): the daemon's host, for a loopback
+    #: forward seen from another machine.
+    jump: str | None = None
 
 
 def _options(target: SshTarget) -> list[str]:
@@ -85,6 +106,8 @@ def _options(target: SshTarget) -> list[str]:
         "-o", "StrictHostKeyChecking=" + ("yes" if target.keys_known else "accept-new"),
         "-o", "CheckHostIP=no",
     ]  # fmt: skip
+    if target.jump is not None:
+        opts += ["-o", f"ProxyJump={target.jump}"]
     if target.identity is not None:
         opts += ["-i", target.identity, "-o", "IdentitiesOnly=yes"]
     return opts

@@ -56,6 +56,8 @@ class Op(StrEnum):
     REBOOT = "reboot"
     DELETE = "delete"
     CONSOLE = "console"
+    #: Change vCPUs, memory or port forwards.
+    UPDATE = "update"
 
 
 S = VmState
@@ -70,6 +72,7 @@ ALLOWED: dict[Op, frozenset[VmState]] = {
     Op.REBOOT: frozenset({S.RUNNING}),
     Op.DELETE: frozenset({S.DEFINED, S.SHUTOFF, S.CRASHED}),
     Op.CONSOLE: frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING}),
+    Op.UPDATE: frozenset({S.DEFINED, S.SHUTOFF, S.CRASHED}),
 }
 
 #: Every state change the system may make, by cause: user operations, QEMU exiting,

@@ -16,6 +16,7 @@ How the command line is shaped:
   layers read-only, and every qcow2 node's ``backing`` named (or ``null``), so QEMU never opens
   a file because an image header asked for it.
 - Ids and node names come from the spec (disk and NIC names), never from counters.
+- Two QMP monitors: one for commands, one that a long-lived client listens to for events.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ MIN_QEMU = (7, 1, 0)
 NODE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")
 
 _QMP_CHARDEV = "charmonitor"
+_EVENTS_CHARDEV = "charevents"
 _SERIAL_CHARDEV = "charserial0"
 _FW_CODE = "fw-code"
 _FW_VARS = "fw-vars"
@@ -196,14 +198,24 @@ def _hardening(caps: HostCaps, paths: VmPaths) -> list[str]:
 
 
 def _monitor(paths: VmPaths) -> list[str]:
-    """The QMP monitor on a UNIX socket that QEMU listens on without waiting for a client."""
-    path = _opt(_socket(paths.qmp_socket))
-    return [
-        "-chardev",
-        f"socket,id={_QMP_CHARDEV},path={path},server=on,wait=off",
-        "-mon",
-        f"chardev={_QMP_CHARDEV},id=monitor,mode=control",
-    ]
+    """Two QMP monitors on UNIX sockets that QEMU listens on without waiting for a client.
+
+    A QMP socket serves one client at a time. Commands connect to ``qmp_socket`` for as long
+    as they need it; ``events_socket`` is for a client that stays (corrald, listening to the
+    events QEMU sends every monitor), so that it never keeps a command waiting.
+    """
+    argv: list[str] = []
+    for chardev, mon, path in (
+        (_QMP_CHARDEV, "monitor", paths.qmp_socket),
+        (_EVENTS_CHARDEV, "events", paths.events_socket),
+    ):
+        argv += [
+            "-chardev",
+            f"socket,id={chardev},path={_opt(_socket(path))},server=on,wait=off",
+            "-mon",
+            f"chardev={chardev},id={mon},mode=control",
+        ]
+    return argv
 
 
 def _cpu_model(spec: VmSpec, caps: HostCaps) -> str:

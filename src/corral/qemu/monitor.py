@@ -21,6 +21,27 @@ T = TypeVar("T")
 #: QEMU run states as ``query-status`` reports them.
 RunState = str
 
+#: The QMP events that tell what happened to a machine as a whole: power, run state, resets,
+#: crashes, devices leaving, disk errors. (Others, such as ``RTC_CHANGE`` or job progress, are
+#: chatter for this purpose.)
+VM_EVENTS = frozenset(
+    {
+        "SHUTDOWN",
+        "POWERDOWN",
+        "RESET",
+        "STOP",
+        "RESUME",
+        "SUSPEND",
+        "SUSPEND_DISK",
+        "WAKEUP",
+        "GUEST_PANICKED",
+        "GUEST_CRASHLOADED",
+        "WATCHDOG",
+        "DEVICE_DELETED",
+        "BLOCK_IO_ERROR",
+    }
+)
+
 
 class Monitor:
     """A connection to one VM's QMP socket.

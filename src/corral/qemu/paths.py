@@ -30,8 +30,10 @@ class VmPaths:
 
     #: The VM's directory.
     root: str
-    #: QMP monitor socket.
+    #: QMP monitor socket for commands (one client at a time: each command connects).
     qmp_socket: str
+    #: A second QMP monitor, for events only: corrald stays connected to it while QEMU runs.
+    events_socket: str
     #: Serial console socket (one interactive client at a time).
     serial_socket: str
     #: Everything the guest writes to its serial console.
@@ -53,6 +55,7 @@ class VmPaths:
         return cls(
             root=root,
             qmp_socket=f"{root}/qmp.sock",
+            events_socket=f"{root}/events.sock",
             serial_socket=f"{root}/serial.sock",
             serial_log=f"{root}/serial.log",
             pidfile=f"{root}/qemu.pid",

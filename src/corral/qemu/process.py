@@ -153,7 +153,8 @@ def rotate_logs(paths: VmPaths) -> None:
 
 def clear_runtime(paths: VmPaths) -> None:
     """Remove what a previous run left: sockets, pidfile, exit record, runtime record."""
-    for name in (paths.qmp_socket, paths.serial_socket, paths.vnc_socket, paths.pidfile):
+    sockets = (paths.qmp_socket, paths.events_socket, paths.serial_socket, paths.vnc_socket)
+    for name in (*sockets, paths.pidfile):
         Path(name).unlink(missing_ok=True)
     exit_path(paths).unlink(missing_ok=True)
     (Path(paths.root) / "runtime.json").unlink(missing_ok=True)

@@ -6,6 +6,8 @@
   ``qemu-img info`` and ``check`` under limits).
 * :mod:`corral.storage.images` converts a verified file into a standalone, read-only qcow2
   (or, for ``corral image convert``, into any supported format).
+* :mod:`corral.storage.uploads` holds the files sent to corrald (``PUT /images/{name}/file``)
+  until they are imported, and sweeps what no one holds any more.
 * :mod:`corral.storage.disks` makes VM disks: linked clones (qcow2 overlays) of images and
   blank qcow2 disks, and reports their size without running qemu-img.
 

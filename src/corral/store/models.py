@@ -1,7 +1,7 @@
-"""Tables of corral's state: VMs, images and key pairs (specs stored as JSON); projects,
-users, their memberships and API tokens, quotas, the audit log and tasks.
+"""Tables of corral's state: VMs, images, key pairs (specs stored as JSON) and volumes;
+projects, users, their memberships and API tokens, quotas, the audit log and tasks.
 
-Every VM, image and key pair belongs to a project; the project ``default`` (id
+Every VM, image, key pair and volume belongs to a project; the project ``default`` (id
 :data:`DEFAULT_PROJECT_ID`) is made by migration 0003 and owns whatever is created without a
 project. The tables work on SQLite and PostgreSQL alike: strings have lengths, times are
 timezone-aware, and every foreign key and check constraint has a name.
@@ -21,6 +21,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -137,6 +138,39 @@ class KeyPairRow(Base):
     comment: Mapped[str] = mapped_column(Text, default="")
     #: Where the private key was written or said to be (a path, never the key).
     private_key_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class VolumeRow(Base):
+    """A volume: a disk file of its own in the state directory's pool
+    (``volumes/<id>.<format>``), named uniquely within its project.
+
+    The file's name is the id, not the volume's name: a rename touches only the row.
+    """
+
+    __tablename__ = "volumes"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_volumes_project_id_name"),
+        CheckConstraint("format IN ('qcow2', 'raw')", name="ck_volumes_format"),
+        CheckConstraint("size > 0", name="ck_volumes_size"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    #: Unique within the project; the same name may be used by another project.
+    name: Mapped[str] = mapped_column(String(63), index=True)
+    project_id: Mapped[str] = mapped_column(String(36), _project_fk("volumes"))
+    #: ``qcow2`` or ``raw``: how the file is opened, never guessed from its content.
+    format: Mapped[str] = mapped_column(String(8))
+    #: Provisioned (virtual) size in bytes, as created; counted against the disk quota.
+    size: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str] = mapped_column(Text, default="")
+    #: The id of the VM it is attached to; ``None`` while detached. Deleting the VM
+    #: detaches it.
+    attached_to: Mapped[str | None] = mapped_column(
+        String(36),
+        ForeignKey("vms.id", name="fk_volumes_attached_to_vms", ondelete="SET NULL"),
+        index=True,
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -2,7 +2,7 @@
 
 A client that asks for ``text/event-stream`` (as ``EventSource`` does) gets a stream that
 lasts until it disconnects or the daemon stops: each message has the event's ``id``, its kind
-as ``event`` (``task`` or ``vm``) and the event as JSON ``data``; a comment every
+as ``event`` (``task``, ``vm`` or ``vm.qmp``) and the event as JSON ``data``; a comment every
 :data:`KEEPALIVE` seconds keeps proxies from closing a quiet stream; a ``lost`` message (no
 id) says the client fell behind and missed events, which reconnecting with ``Last-Event-ID``
 replays while the daemon still holds them (its last :data:`~corral.compute.events.HISTORY`).
@@ -38,11 +38,13 @@ class EventRead(BaseModel):
 
     id: int = Field(description="Greater than every earlier event's; resume after it.")
     at: str = Field(description="When it happened (ISO 8601, UTC).")
-    kind: Literal["task", "vm"]
+    kind: Literal["task", "vm", "vm.qmp"]
     project_id: str | None
     data: dict[str, Any] = Field(
         description="`task`: the task as `/tasks/{id}` shows it; `vm`: its `name`, `state` "
-        "(`deleted` once it is gone), `previous` state and `reason`."
+        "(`deleted` once it is gone), `previous` state and `reason`; `vm.qmp`: an event QEMU "
+        "sent about VM `name` (`STOP`, `RESUME`, `RESET`, `SHUTDOWN`, `POWERDOWN`, ...) as "
+        "`event`, with QEMU's `timestamp` and its `details`."
     )
 
 

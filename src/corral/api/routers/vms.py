@@ -1,18 +1,28 @@
-"""``/vms``: the VM list (filtered, paginated), defining a VM, one VM, and its actions.
+"""``/vms``: the VM list (filtered, paginated), defining a VM, one VM, changing it, and its
+actions.
 
 Defining a VM (``POST /vms``) takes milliseconds (its disks are copy-on-write clones), so it
-answers 201 with the VM at once, not a task.
+answers 201 with the VM at once, not a task; so does changing one (``PATCH``), which only
+rewrites its spec for the next start.
 
 An action (start, stop, destroy, pause, resume, reboot, delete) answers 202 with a task
 (``Location: /api/v1/tasks/{id}``) that runs it in the background. What is known before it
 runs is answered at once: an unknown VM is 404, a state the operation cannot start from is
-409 naming the state. Operations on one VM are serialised by its lock; a task that finds the
-VM changed meanwhile ends as ``error`` with the same state message.
+409 naming the state. Operations on one VM are serialised by its lock: a task that waits for
+it says so in its detail, and one that finds the VM changed meanwhile ends as ``error`` with
+the same state message.
+
+Every VM operation is written to the audit log (``vm.create``, ``vm.update``, ``vm.start``
+... ``vm.delete``) with its caller, the VM, its project and the outcome: a request refused at
+once is recorded with the class of the error that refused it; an accepted action when its
+task ends, ``ok`` or the class of the error that ended it, with the task's id.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
 
@@ -29,16 +39,23 @@ from corral.api.schemas import (
     ErrorRead,
     Page,
     TaskRead,
-    VmActionCreate,
     VmCreate,
     VmRead,
+)
+from corral.api.schemas.vms import (
+    KEPT_DISK,
+    VmRebootCreate,
+    VmStartCreate,
+    VmStopCreate,
+    VmUpdate,
 )
 from corral.api.tenancy import require_visible
 from corral.compute.context import Corral
 from corral.compute.inventory import VmView
-from corral.compute.lifecycle import Outcome
+from corral.compute.lifecycle import Outcome, Progress
 from corral.compute.state import Op
-from corral.compute.tasks import Operation, Report, Target, TaskPool
+from corral.compute.tasks import Report, Target, TaskPool
+from corral.errors import CorralError
 
 router = APIRouter(prefix="/vms", tags=["vms"], responses=ERRORS)
 
@@ -65,10 +82,14 @@ def vm_read(view: VmView) -> VmRead:
         created_at=view.created_at,
         state_changed_at=view.state_changed_at,
         disks=[
-            DiskRead(name=d.name, image=d.image, provisioned=d.provisioned, used=d.used)
+            DiskRead(
+                name=d.name, path=d.path, image=d.image, provisioned=d.provisioned, used=d.used
+            )
             for d in view.disks
         ],
         forwards=view.forwards,
+        console=view.console,
+        vnc=view.vnc,
         instance_type=view.instance_type,
         keypair=view.keypair,
         instance_id=view.instance_id,
@@ -76,32 +97,51 @@ def vm_read(view: VmView) -> VmRead:
     )
 
 
-@router.get("")
+@router.get("", responses={404: {"model": ErrorRead, "description": "No such project."}})
 def list_vms(
     ctx: CorralDep,
     principal: PrincipalDep,
     state: Annotated[State | None, Query(description="Only VMs in this state.")] = None,
+    active: Annotated[
+        bool | None,
+        Query(
+            description="Only VMs whose QEMU runs (starting, running, paused, stopping), "
+            "or with false only the others."
+        ),
+    ] = None,
     image: Annotated[str | None, Query(max_length=63, description="Only clones of it.")] = None,
     name: Annotated[
         str | None, Query(max_length=63, description="Only names that contain this.")
+    ] = None,
+    project: Annotated[
+        str | None, Query(max_length=63, description="Only the VMs of this project.")
     ] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Page[VmRead]:
     """Every VM (running or not), by name, reconciled with the host."""
+    from corral.access.projects import get_project
     from corral.access.scope import visible
     from corral.compute.inventory import page_vms
+    from corral.compute.state import VmState
     from corral.store.models import VmRow
 
+    where = visible(principal, VmRow.project_id)
+    if project is not None:
+        # Another project's name is as unknown as a name no project has.
+        where = where & (VmRow.project_id == get_project(ctx, principal, project).id)
     if any("\x00" in text for text in (image or "", name or "")):
         # No name holds a NUL (and PostgreSQL refuses one in a query): nothing matches.
         return Page[VmRead](items=[], total=0, limit=limit, offset=offset)
-    where = visible(principal, VmRow.project_id)
     if image is not None:
         where = where & (VmRow.image == image)
     if name is not None:
         where = where & VmRow.name.contains(name, autoescape=True)
-    views, total = page_vms(ctx, where, state, limit, offset)
+    states: set[str] | None = None if state is None else {state}
+    if active is not None:
+        wanted = {s.value for s in VmState if s.active == active}
+        states = wanted if states is None else states & wanted
+    views, total = page_vms(ctx, where, states, limit, offset)
     return Page[VmRead](items=[vm_read(v) for v in views], total=total, limit=limit, offset=offset)
 
 
@@ -140,24 +180,30 @@ def create_vm(
     body: VmCreate,
 ) -> VmRead:
     """Define a VM (state ``defined``): its disks cloned, its quota taken; not started."""
+    from corral.access.audit import audited
     from corral.compute.define import CreateRequest, create
     from corral.compute.inventory import info
 
-    require_creatable(ctx, principal, body.project)
-    create(
-        ctx,
-        CreateRequest(
-            name=body.name,
-            image=body.image,
-            vcpus=body.vcpus,
-            memory=body.memory,
-            disk_size=body.disk_size,
-            machine=body.machine,
-            forwards=tuple(body.forwards),
-            firmware=body.firmware,
-            project=body.project,
-        ),
-    )
+    asked = body.model_dump(include={"image", "vcpus", "memory", "disk_size", "data_disks"})
+    with audited(ctx, principal, "vm.create", "vm", body.name, body.project, asked):
+        require_creatable(ctx, principal, body.project)
+        create(
+            ctx,
+            CreateRequest(
+                name=body.name,
+                image=body.image,
+                vcpus=body.vcpus,
+                memory=body.memory,
+                disk_size=body.disk_size,
+                data_disks=tuple(body.data_disks),
+                machine=body.machine,
+                cpu=body.cpu,
+                forwards=tuple(body.forwards),
+                vnc=body.vnc,
+                firmware=body.firmware,
+                project=body.project,
+            ),
+        )
     response.headers["Location"] = request.url_for("get_vm", name=body.name).path
     return vm_read(info(ctx, body.name))
 
@@ -172,10 +218,61 @@ def get_vm(ctx: CorralDep, principal: PrincipalDep, name: str) -> VmRead:
     return vm_read(info(ctx, name))
 
 
+def _project_of(ctx: Corral, name: str) -> str | None:
+    """The name of VM ``name``'s project, for the audit log (``None``: no such VM)."""
+    from sqlalchemy import select
+
+    from corral.store.models import ProjectRow, VmRow
+
+    if "\x00" in name:
+        return None
+    with ctx.db.session() as session:
+        query = select(ProjectRow.name).join(VmRow, VmRow.project_id == ProjectRow.id)
+        return session.scalars(query.where(VmRow.name == name)).first()
+
+
+#: ``responses=`` of ``PATCH /vms/{name}``.
+UPDATE_RESPONSES: dict[int | str, dict[str, object]] = {
+    403: {
+        "model": ErrorRead,
+        "description": "The caller's role may not change the VM, or a quota (named) would be "
+        "exceeded.",
+    },
+    404: {"model": ErrorRead, "description": "No such VM (or not the caller's)."},
+    409: {
+        "model": ErrorRead,
+        "description": "The VM runs (the message names its state), or another operation holds it.",
+    },
+}
+
+
+@router.patch("/{name}", responses=UPDATE_RESPONSES)
+def update_vm(ctx: CorralDep, principal: PrincipalDep, name: str, body: VmUpdate) -> VmRead:
+    """Change a VM's vCPUs, memory or port forwards, for its next start; what the body
+    leaves out stays. Growth counts against the project's quota."""
+    from corral.access.audit import audited
+    from corral.compute.inventory import info
+    from corral.compute.update import UpdateRequest, update
+    from corral.store.models import VmRow
+
+    asked = body.model_dump(exclude_none=True)
+    with audited(ctx, principal, "vm.update", "vm", name, _project_of(ctx, name), asked) as op:
+        require_visible(ctx, principal, VmRow, "vm", name, Action.OPERATE)
+        plan = update(
+            ctx,
+            name,
+            UpdateRequest(
+                vcpus=body.vcpus,
+                memory=body.memory,
+                forwards=None if body.forwards is None else tuple(body.forwards),
+            ),
+        )
+        op.detail["changes"] = plan.changes
+    return vm_read(info(ctx, name))
+
+
 #: ``responses=`` of a VM action.
 ACTION_RESPONSES = {**NOT_FOUND, **CONFLICT}
-#: The optional body of start and reboot.
-ActionBody = Annotated[VmActionCreate | None, Body()]
 
 
 def check_operable(ctx: Corral, principal: Principal, name: str, op: Op, action: Action) -> str:
@@ -209,9 +306,24 @@ def check_operable(ctx: Corral, principal: Principal, name: str, op: Op, action:
     return project_id
 
 
-def _said(outcome: Outcome) -> str:
-    said = f"{outcome.state.value}: {outcome.detail}" if outcome.detail else outcome.state.value
-    return said if outcome.seconds is None else f"{said} ({outcome.seconds:.1f} s)"
+@contextmanager
+def _refusal_audited(
+    ctx: Corral, principal: Principal, verb: str, name: str, project: str | None, asked: Any
+) -> Iterator[None]:
+    """Record in the audit log a request that the block refuses (and let the refusal go)."""
+    from corral.access.audit import record
+
+    try:
+        yield
+    except CorralError as exc:
+        detail = {**asked, "error": exc.message}
+        with ctx.db.session() as session:
+            record(session, principal.name, verb, "vm", name, project, type(exc).__name__, detail)
+        raise
+
+
+#: What an action does, given where to report its progress: the task's final detail.
+Work = Callable[[Progress], str]
 
 
 def _act(
@@ -222,13 +334,36 @@ def _act(
     response: Response,
     name: str,
     op: Op,
-    fn: Operation,
+    work: Work,
+    asked: dict[str, Any] | None = None,
     action: Action = Action.OPERATE,
 ) -> TaskRead:
-    project_id = check_operable(ctx, principal, name, op, action)
-    task = pool.submit(principal, f"vm.{op.value}", Target("vm", name), project_id, fn)
+    """Check the action can start, then queue its task; audit the refusal or the outcome.
+
+    :param asked: the action's options, for the audit log.
+    """
+    from corral.access.audit import audited
+
+    verb = f"vm.{op.value}"
+    project = _project_of(ctx, name)
+    options = dict(asked or {})
+    with _refusal_audited(ctx, principal, verb, name, project, options):
+        project_id = check_operable(ctx, principal, name, op, action)
+
+    def run(report: Report) -> str:
+        options["task"] = report.task_id
+        with audited(ctx, principal, verb, "vm", name, project, options) as entry:
+            said = work(report)
+            entry.detail["result"] = said
+        return said
+
+    task = pool.submit(principal, verb, Target("vm", name), project_id, run)
     response.headers["Location"] = request.url_for("get_task", task_id=task.id).path
     return task_read(task)
+
+
+def _took(outcome: Outcome) -> str:
+    return "" if outcome.seconds is None else f", ready in {outcome.seconds:.1f} s"
 
 
 @router.post("/{name}/start", status_code=202, responses=ACTION_RESPONSES)
@@ -239,18 +374,18 @@ def start_vm(
     request: Request,
     response: Response,
     name: str,
-    body: ActionBody = None,
+    body: Annotated[VmStartCreate | None, Body()] = None,
 ) -> TaskRead:
     """Boot a defined, shut-off or crashed VM: a task (with ``wait``, until it is ready)."""
     from corral.compute.lifecycle import start
 
-    wait = body.wait if body else False
+    opts = body or VmStartCreate()
 
-    def run(report: Report) -> str:
-        report(10, "launching QEMU")
-        return _said(start(ctx, name, wait=wait))
+    def work(progress: Progress) -> str:
+        outcome = start(ctx, name, wait=opts.wait, timeout=opts.timeout, progress=progress)
+        return f"started{_took(outcome)}"
 
-    return _act(ctx, pool, principal, request, response, name, Op.START, run)
+    return _act(ctx, pool, principal, request, response, name, Op.START, work, opts.model_dump())
 
 
 @router.post("/{name}/stop", status_code=202, responses=ACTION_RESPONSES)
@@ -261,15 +396,18 @@ def stop_vm(
     request: Request,
     response: Response,
     name: str,
+    body: Annotated[VmStopCreate | None, Body()] = None,
 ) -> TaskRead:
     """Shut a running VM down through ACPI, forcing it off after the timeout: a task."""
     from corral.compute.lifecycle import stop
 
-    def run(report: Report) -> str:
-        report(10, "ACPI power button pressed")
-        return _said(stop(ctx, name))
+    opts = body or VmStopCreate()
 
-    return _act(ctx, pool, principal, request, response, name, Op.STOP, run)
+    def work(progress: Progress) -> str:
+        outcome = stop(ctx, name, timeout=opts.timeout, force=opts.force, progress=progress)
+        return f"shut off ({outcome.detail})"
+
+    return _act(ctx, pool, principal, request, response, name, Op.STOP, work, opts.model_dump())
 
 
 @router.post("/{name}/destroy", status_code=202, responses=ACTION_RESPONSES)
@@ -284,16 +422,11 @@ def destroy_vm(
     """Force an active VM off at once (pulling the power cord): a task."""
     from corral.compute.lifecycle import destroy
 
-    return _act(
-        ctx,
-        pool,
-        principal,
-        request,
-        response,
-        name,
-        Op.DESTROY,
-        lambda _: _said(destroy(ctx, name)),
-    )
+    def work(progress: Progress) -> str:
+        destroy(ctx, name, progress=progress)
+        return "destroyed (forced off)"
+
+    return _act(ctx, pool, principal, request, response, name, Op.DESTROY, work)
 
 
 @router.post("/{name}/pause", status_code=202, responses=ACTION_RESPONSES)
@@ -308,9 +441,11 @@ def pause_vm(
     """Stop a running VM's vCPUs: a task."""
     from corral.compute.lifecycle import pause
 
-    return _act(
-        ctx, pool, principal, request, response, name, Op.PAUSE, lambda _: _said(pause(ctx, name))
-    )
+    def work(progress: Progress) -> str:
+        pause(ctx, name, progress=progress)
+        return "paused"
+
+    return _act(ctx, pool, principal, request, response, name, Op.PAUSE, work)
 
 
 @router.post("/{name}/resume", status_code=202, responses=ACTION_RESPONSES)
@@ -325,9 +460,11 @@ def resume_vm(
     """Let a paused VM's vCPUs run again: a task."""
     from corral.compute.lifecycle import resume
 
-    return _act(
-        ctx, pool, principal, request, response, name, Op.RESUME, lambda _: _said(resume(ctx, name))
-    )
+    def work(progress: Progress) -> str:
+        resume(ctx, name, progress=progress)
+        return "resumed"
+
+    return _act(ctx, pool, principal, request, response, name, Op.RESUME, work)
 
 
 @router.post("/{name}/reboot", status_code=202, responses=ACTION_RESPONSES)
@@ -338,18 +475,18 @@ def reboot_vm(
     request: Request,
     response: Response,
     name: str,
-    body: ActionBody = None,
+    body: Annotated[VmRebootCreate | None, Body()] = None,
 ) -> TaskRead:
     """Reboot a running VM cleanly (ACPI power-off held, then reset): a task."""
     from corral.compute.lifecycle import reboot
 
-    wait = body.wait if body else False
+    opts = body or VmRebootCreate()
 
-    def run(report: Report) -> str:
-        report(10, "ACPI power button pressed")
-        return _said(reboot(ctx, name, wait=wait))
+    def work(progress: Progress) -> str:
+        outcome = reboot(ctx, name, wait=opts.wait, timeout=opts.timeout, progress=progress)
+        return f"{outcome.detail}{_took(outcome)}"
 
-    return _act(ctx, pool, principal, request, response, name, Op.REBOOT, run)
+    return _act(ctx, pool, principal, request, response, name, Op.REBOOT, work, opts.model_dump())
 
 
 @router.delete("/{name}", status_code=202, responses=ACTION_RESPONSES)
@@ -360,12 +497,22 @@ def delete_vm(
     request: Request,
     response: Response,
     name: str,
+    keep_disks: Annotated[
+        bool,
+        Query(
+            description="Keep the disks: moved to the state directory's disks/ (the task's "
+            "detail names each)."
+        ),
+    ] = False,
 ) -> TaskRead:
     """Delete a VM that is not running, with its disks: a task (409 while it runs)."""
     from corral.compute.define import delete
 
-    def run(_: Report) -> str:
-        delete(ctx, name)
-        return "deleted"
+    def work(progress: Progress) -> str:
+        kept = delete(ctx, name, keep_disks=keep_disks, progress=progress)
+        return "deleted" + "".join(f"{KEPT_DISK}{path}" for path in kept)
 
-    return _act(ctx, pool, principal, request, response, name, Op.DELETE, run, action=Action.DELETE)
+    asked = {"keep_disks": keep_disks}
+    return _act(
+        ctx, pool, principal, request, response, name, Op.DELETE, work, asked, Action.DELETE
+    )

@@ -1,9 +1,182 @@
-"""``/volumes``: Volumes: disks that belong to a project."""
+"""``/volumes``: volumes (disks that belong to a project), and VMs' disks in the listing.
+
+A volume's name is unique within its project. The endpoints that name one take
+``?project=``; without it, the volume is the one of that name in the caller's projects, and
+a name in several of them is a 422 on ``project``. Creating a volume is instant (a blank
+qcow2 or a sparse raw file), so ``POST`` answers 201 with it, not a task.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
 
-from corral.api.schemas import ERRORS
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from corral.api.auth import PrincipalDep
+from corral.api.deps import CorralDep
+from corral.api.routers.paging import Limit, Offset
+from corral.api.schemas import ERRORS, ErrorRead, Page
+from corral.api.schemas.volumes import VolumeCreate, VolumeRead, VolumeUpdate
+from corral.compute.volumes import VolumeView
+from corral.spec.vm import NAME_PATTERN
 
 router = APIRouter(prefix="/volumes", tags=["volumes"], responses=ERRORS)
+
+VolumeName = Annotated[
+    str, Path(pattern=NAME_PATTERN, description="The volume's name.", examples=["data"])
+]
+Project = Annotated[
+    str | None,
+    Query(
+        max_length=63,
+        description="The volume's project, by name; needed only when the name is in several "
+        "of the caller's projects.",
+    ),
+]
+
+
+def volume_read(view: VolumeView) -> VolumeRead:
+    """The wire form of a volume view."""
+    return VolumeRead(
+        name=view.name,
+        project=view.project,
+        kind=view.kind,
+        format=view.format,
+        size=view.size,
+        used=view.used,
+        attached_to=view.attached_to,
+        description=view.description,
+        image=view.image,
+        created_at=view.created_at,
+    )
+
+
+def _error(description: str) -> dict[str, object]:
+    return {"model": ErrorRead, "description": description}
+
+
+#: ``responses=`` of ``POST /volumes``.
+CREATE_RESPONSES: dict[int | str, dict[str, object]] = {
+    403: _error("The caller's role may not create, or the disk quota (named) would be exceeded."),
+    404: _error("No such project (or not the caller's)."),
+    409: _error("The name is taken in the project, or the datastore is too small."),
+}
+#: ``responses=`` of an endpoint that names a volume.
+VOLUME_RESPONSES: dict[int | str, dict[str, object]] = {
+    404: _error("No such volume (or not in the caller's projects)."),
+}
+#: ``responses=`` of ``PATCH /volumes/{name}``.
+UPDATE_RESPONSES = VOLUME_RESPONSES | {
+    403: _error("The caller's role may not change it."),
+    409: _error("The new name is taken in the project."),
+}
+#: ``responses=`` of ``DELETE /volumes/{name}``.
+DELETE_RESPONSES = VOLUME_RESPONSES | {
+    403: _error("The caller's role may not delete."),
+    409: _error("It is attached to a VM (named)."),
+}
+
+
+def _location(request: Request, view: VolumeView) -> str:
+    path = request.url_for("get_volume", name=view.name).path
+    return f"{path}?project={view.project}"
+
+
+#: ``responses=`` of ``GET /volumes``.
+LIST_RESPONSES: dict[int | str, dict[str, object]] = {
+    404: _error("The project filtered on does not exist (or is not the caller's)."),
+}
+
+
+@router.get("", responses=LIST_RESPONSES)
+def list_volumes(
+    ctx: CorralDep,
+    principal: PrincipalDep,
+    project: Annotated[str | None, Query(max_length=63, description="Only this project's.")] = None,
+    name: Annotated[
+        str | None, Query(max_length=127, description="Only names that contain this.")
+    ] = None,
+    attached: Annotated[
+        bool | None,
+        Query(
+            description="Only attached (true) or detached (false) ones; a VM's disk is "
+            "attached to its VM."
+        ),
+    ] = None,
+    kind: Annotated[
+        Literal["volume", "vm-disk"] | None, Query(description="Only volumes, or VMs' disks.")
+    ] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> Page[VolumeRead]:
+    """Volumes and VMs' disks by name, with their provisioned and used sizes."""
+    from corral.compute.volumes import VolumeFilter, page_volumes
+
+    if "\x00" in (name or ""):
+        # No name holds a NUL (and PostgreSQL refuses one in a query): nothing matches.
+        return Page[VolumeRead](items=[], total=0, limit=limit, offset=offset)
+    filters = VolumeFilter(project=project, name=name, attached=attached, kind=kind)
+    views, total = page_volumes(ctx, principal, filters, limit, offset)
+    return Page[VolumeRead](
+        items=[volume_read(v) for v in views], total=total, limit=limit, offset=offset
+    )
+
+
+@router.post("", status_code=201, responses=CREATE_RESPONSES)
+def create_volume(
+    ctx: CorralDep,
+    principal: PrincipalDep,
+    request: Request,
+    response: Response,
+    body: VolumeCreate,
+) -> VolumeRead:
+    """Create a blank volume in a project, within its disk quota and the datastore's room."""
+    from corral.compute.volumes import create_volume as create
+
+    view = create(
+        ctx,
+        principal,
+        body.name,
+        body.size,
+        body.format,
+        project=body.project,
+        description=body.description,
+    )
+    response.headers["Location"] = _location(request, view)
+    return volume_read(view)
+
+
+@router.get("/{name}", responses=VOLUME_RESPONSES)
+def get_volume(
+    ctx: CorralDep, principal: PrincipalDep, name: VolumeName, project: Project = None
+) -> VolumeRead:
+    """One volume."""
+    from corral.compute.volumes import get_volume as get
+
+    return volume_read(get(ctx, principal, name, project))
+
+
+@router.patch("/{name}", responses=UPDATE_RESPONSES)
+def update_volume(
+    ctx: CorralDep,
+    principal: PrincipalDep,
+    name: VolumeName,
+    body: VolumeUpdate,
+    project: Project = None,
+) -> VolumeRead:
+    """Rename a volume within its project, or change its description."""
+    from corral.compute.volumes import update_volume as update
+
+    return volume_read(
+        update(ctx, principal, name, project, new_name=body.name, description=body.description)
+    )
+
+
+@router.delete("/{name}", status_code=204, response_class=Response, responses=DELETE_RESPONSES)
+def delete_volume(
+    ctx: CorralDep, principal: PrincipalDep, name: VolumeName, project: Project = None
+) -> None:
+    """Delete a detached volume and its file."""
+    from corral.compute.volumes import delete_volume as delete
+
+    delete(ctx, principal, name, project)

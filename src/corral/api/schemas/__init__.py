@@ -4,6 +4,7 @@ here.
 - :mod:`~corral.api.schemas.base`: :class:`Page`, :class:`ErrorRead`, the ``responses=``
   tables, and the bases :class:`Read` (answers) and :class:`Create` (request bodies).
 - :mod:`~corral.api.schemas.core`: VMs, images, instance types, key pairs, host, tasks.
+- :mod:`~corral.api.schemas.launch`: launches and SSH access (``LaunchCreate`` re-exported).
 
 Each further area (access, volumes...) has its module, imported from there.
 """
@@ -25,12 +26,11 @@ from corral.api.schemas.core import (
     ImageRead,
     InstanceTypeRead,
     KeyPairRead,
-    LaunchCreate,
     TaskRead,
-    VmActionCreate,
     VmCreate,
     VmRead,
 )
+from corral.api.schemas.launch import LaunchCreate
 
 __all__ = [
     "CONFLICT",
@@ -49,7 +49,6 @@ __all__ = [
     "Page",
     "Read",
     "TaskRead",
-    "VmActionCreate",
     "VmCreate",
     "VmRead",
 ]

@@ -1,5 +1,5 @@
-"""Wire types of the first resources: VMs, images, instance types, key pairs, the host,
-tasks and launches.
+"""Wire types of the first resources: VMs, images, instance types, key pairs, the host and
+tasks.
 
 Read types mirror the service layer's views; create and update types are separate classes
 that forbid unknown fields.
@@ -16,6 +16,7 @@ from corral.api.schemas.base import Read
 
 class DiskRead(Read):
     name: str
+    path: str = Field(description="Its file on the host.")
     image: str | None
     provisioned: int = Field(description="Virtual size in bytes.")
     used: int = Field(description="Bytes allocated on the host.")
@@ -42,6 +43,8 @@ class VmRead(Read):
     state_changed_at: str
     disks: list[DiskRead]
     forwards: list[str]
+    console: str | None = Field(description="The serial console's socket on the host, if any.")
+    vnc: str | None = Field(description="The VNC display's socket or address, if any.")
     instance_type: str | None
     keypair: str | None
     instance_id: str | None
@@ -59,7 +62,11 @@ class ImageRead(Read):
     os_hint: str
     ssh_user: str
     boot: str = Field(description="'kernel' (direct kernel boot) or 'firmware'.")
+    kernel: str | None = Field(description="The kernel of a direct boot, on corrald's host.")
+    initrd: str | None
+    cmdline: str
     ready_marker: str | None
+    path: str = Field(description="The image's file on corrald's host.")
     created_at: str
     used_by: list[str]
 
@@ -83,6 +90,9 @@ class KeyPairRead(Read):
     fingerprint: str
     comment: str
     public_key: str
+    private_key_path: str | None = Field(
+        description="Where the private key is on the machine that made it (a hint, never read)."
+    )
     created_at: str
 
 
@@ -123,18 +133,6 @@ class TaskRead(Read):
     cancellable: bool = Field(description="Whether POST /tasks/{id}/cancel would accept it now.")
 
 
-class VmActionCreate(BaseModel):
-    """Options of a VM action; the body may be left out."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    wait: bool = Field(
-        default=False,
-        description="start, reboot: the task ends once the guest's ready marker is on its "
-        "serial console, not once QEMU runs.",
-    )
-
-
 class VmCreate(BaseModel):
     """A VM to define (``POST /vms``): what ``corral create`` takes."""
 
@@ -151,6 +149,15 @@ class VmCreate(BaseModel):
     disk_size: str | int | None = Field(
         default=None, description="Root disk's virtual size (grows the image's); none keeps it."
     )
+    data_disks: list[str | int] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Blank disks to add, by size (data1, data2, ...).",
+    )
+    cpu: str | None = Field(
+        default=None, max_length=64, description="QEMU CPU model; none: the host's under KVM."
+    )
+    vnc: bool = Field(default=False, description="Add a VNC display on a UNIX socket.")
     forwards: list[str] = Field(
         default_factory=list,
         max_length=64,
@@ -161,28 +168,3 @@ class VmCreate(BaseModel):
     firmware: Literal["bios", "uefi"] = Field(
         default="bios", description="Firmware, for images that boot from disk."
     )
-
-
-class LaunchCreate(BaseModel):
-    """Instances to launch (``POST /launch``): what ``corral launch`` takes."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(
-        max_length=63, description="The instance's name; with a count, name-1 .. name-N."
-    )
-    image: str = Field(max_length=255)
-    instance_type: str = Field(max_length=63, description="t1.micro, ...")
-    keypair: str = Field(max_length=63, description="The key pair whose public key logs in.")
-    user_data: str | None = Field(
-        default=None,
-        description="cloud-init user-data (#cloud-config, a script...), merged with corral's.",
-    )
-    count: int = Field(default=1, ge=1, le=64)
-    disk_size: str | int | None = Field(
-        default=None, description="Root disk size; none takes the instance type's."
-    )
-    isolated: bool = Field(
-        default=False, description="Cut the guest off from the host and the outside but SSH."
-    )
-    project: str = Field(default="default", max_length=63, description="The project, by name.")

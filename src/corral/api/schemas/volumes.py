@@ -1,0 +1,88 @@
+"""Wire types of volumes: disks of a project, and (read-only, in listings) VMs' disks."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from corral.api.schemas.base import Create, Read
+from corral.errors import InvalidInput
+from corral.spec.vm import NAME_PATTERN
+from corral.storage.volumes import MAX_VOLUME_SIZE, parse_volume_size
+
+#: What a name must look like, said in words (the pattern is in the OpenAPI document).
+_NAME_RULE = "use 1-63 lower-case letters, digits and '-', starting with a letter or digit"
+
+
+def _name(value: str) -> str:
+    if not re.match(NAME_PATTERN, value):
+        raise ValueError(f"{value!r} is not allowed: {_NAME_RULE}")
+    return value
+
+
+class VolumeRead(Read):
+    """A volume, or in listings a VM's disk (kind ``vm-disk``, named ``<vm>/<disk>``)."""
+
+    name: str
+    project: str
+    kind: Literal["volume", "vm-disk"] = Field(
+        description="'volume', or 'vm-disk': a VM's own disk, shown read-only (see /vms)."
+    )
+    format: Literal["qcow2", "raw"]
+    size: int = Field(description="Provisioned (virtual) size in bytes.")
+    used: int = Field(description="Bytes allocated on the host.")
+    attached_to: str | None = Field(description="The VM it is attached to, by name.")
+    description: str
+    image: str | None = Field(description="The image a VM's disk is a linked clone of.")
+    created_at: str
+
+
+class VolumeCreate(Create):
+    """A blank volume to create (``POST /volumes``)."""
+
+    name: str = Field(
+        max_length=63,
+        description="Unique within the project: lower-case letters, digits, '-'.",
+        examples=["data"],
+    )
+    size: str | int = Field(
+        description=f"Provisioned size: '10G' (binary units) or bytes; at most "
+        f"{MAX_VOLUME_SIZE // 1024**4} TiB.",
+        examples=["10G", 1073741824],
+    )
+    format: Literal["qcow2", "raw"] = Field(
+        default="qcow2", description="qcow2 (thin, snapshots) or raw (sparse file)."
+    )
+    project: str = Field(
+        default="default", max_length=63, description="The project, by name.", examples=["p1"]
+    )
+    description: str = Field(default="", max_length=1000)
+
+    @field_validator("name")
+    @classmethod
+    def check_name(cls, value: str) -> str:
+        return _name(value)
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def check_size(cls, value: object) -> object:
+        try:
+            return parse_volume_size(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.reason) from None
+
+
+class VolumeUpdate(Create):
+    """What ``PATCH /volumes/{name}`` changes; a field left out keeps its value."""
+
+    name: str | None = Field(
+        default=None, max_length=63, description="A new name, unique within the project."
+    )
+    description: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("name")
+    @classmethod
+    def check_name(cls, value: str | None) -> str | None:
+        return None if value is None else _name(value)

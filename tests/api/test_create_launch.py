@@ -5,10 +5,7 @@ what its check refuses before any task exists. Another project is 404 to a non-m
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,81 +13,34 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
 from corral.access.local import local_principal
-from corral.access.projects import create_project
 from corral.access.quotas import set_quota
-from corral.access.tokens import create_token
-from corral.access.users import create_user
-from corral.api.app import create_app
-from corral.api.auth import via
-from corral.compute import lifecycle
 from corral.compute.context import Corral
-from corral.compute.define import delete
 from corral.compute.keys import create_key
-from corral.compute.reference import ensure_reference
 from corral.compute.ssh import wait_for_sshd
-from corral.config import Home
-from corral.errors import CorralError
-from corral.store.models import VmRow
-
-API = "/api/v1"
-FINAL = {"success", "error", "cancelled"}
+from tests.api.support import API, admin_client, state_dir, user_client, wait_task
 
 
 @pytest.fixture(scope="module")
 def ctx() -> Iterator[Corral]:
-    """A state directory with the reference image, projects p1 and p2 and the operator
-    alice (member of p1 only); every VM is destroyed and deleted at the end."""
-    # A short path: QEMU's UNIX sockets live in the VM directories.
-    home = Path(tempfile.mkdtemp(prefix="cl-", dir="/tmp"))
-    corral = Corral(Home(home))
-    ensure_reference(corral)
-    admin = local_principal(corral, os.geteuid())
-    for project in ("p1", "p2"):
-        create_project(corral, admin, project)
-    create_user(corral, admin, "alice", "operator", ["p1"])
-    yield corral
-    with corral.db.session() as session:
-        names = list(session.scalars(select(VmRow.name)))
-    for name in names:
-        with contextlib.suppress(CorralError):  # not running
-            lifecycle.destroy(corral, name)
-        with contextlib.suppress(CorralError):
-            delete(corral, name)
-    corral.close()
-    shutil.rmtree(home, ignore_errors=True)
+    """A state directory with the reference image, projects p1 and p2, and the operator
+    alice (member of p1 only)."""
+    with state_dir("cl-", ["p1", "p2"], {"alice": ("operator", ["p1"])}) as corral:
+        yield corral
 
 
 @pytest.fixture(scope="module")
 def api(ctx: Corral) -> Iterator[TestClient]:
-    """The local administrator on the UNIX socket, with the app's lifespan (its task pool)."""
-    with TestClient(via(create_app(ctx), "unix")) as client:
+    with admin_client(ctx) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def alice(ctx: Corral) -> Iterator[TestClient]:
     """The operator of p1, with a token over TCP."""
-    secret = create_token(ctx, local_principal(ctx, os.geteuid()), "alice").secret
-    headers = {"Authorization": f"Bearer {secret}"}
-    with TestClient(create_app(ctx), headers=headers) as client:
+    with user_client(ctx, "alice") as client:
         yield client
-
-
-def wait_task(client: TestClient, task_id: str, deadline: float = 180.0) -> dict[str, Any]:
-    """Poll the task until its status is final, checking its progress never goes back."""
-    end = time.monotonic() + deadline
-    last = 0
-    while True:
-        task: dict[str, Any] = client.get(f"{API}/tasks/{task_id}").json()
-        assert task["progress"] >= last, task
-        last = task["progress"]
-        if task["status"] in FINAL:
-            return task
-        assert time.monotonic() < end, f"task still {task['status']}: {task}"
-        time.sleep(0.1)
 
 
 def task_count(client: TestClient) -> int:
@@ -225,7 +175,7 @@ def test_launch_runs_a_task_until_ssh_answers(
     assert answer.headers["location"] == f"{API}/tasks/{task['id']}"
     assert task["name"] == "vm.launch" and task["target_name"] == "web"
     assert task["status"] in {"queued", "running"} and task["initiated_by"] == "alice"
-    done = wait_task(alice, task["id"])
+    done = wait_task(alice, task["id"], deadline=180.0)
     assert done["status"] == "success", done
     assert done["progress"] == 100 and done["error"] is None
     vm = alice.get(f"{API}/vms/web").json()

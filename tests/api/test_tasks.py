@@ -5,20 +5,16 @@ task left by a crashed daemon ends as error; each user sees only their projects'
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from corral.access.local import local_principal
 from corral.access.projects import create_project
@@ -26,56 +22,28 @@ from corral.access.tokens import create_token
 from corral.access.users import create_user
 from corral.api.app import create_app
 from corral.api.auth import via
-from corral.compute import lifecycle
 from corral.compute.context import Corral
 from corral.compute.define import CreateRequest, create
-from corral.compute.reference import ensure_reference
 from corral.compute.tasks import INTERRUPTED, Report, Target, TaskPool, recover
-from corral.config import Home
-from corral.errors import CorralError
 from corral.store.models import TaskRow, VmRow, utcnow
-
-FINAL = {"success", "error", "cancelled"}
-API = "/api/v1"
+from tests.api.support import API, admin_client, state_dir, wait_task
 
 
 @pytest.fixture(scope="module")
 def ctx() -> Iterator[Corral]:
-    # A short path: QEMU's UNIX sockets live in the VM directories.
-    home = Path(tempfile.mkdtemp(prefix="tk-", dir="/tmp"))
-    corral = Corral(Home(home))
-    ensure_reference(corral)
-    yield corral
-    with corral.db.session() as session:
-        names = list(session.scalars(select(VmRow.name)))
-    for name in names:
-        with contextlib.suppress(CorralError):  # not running
-            lifecycle.destroy(corral, name)
-    corral.close()
-    shutil.rmtree(home, ignore_errors=True)
+    with state_dir("tk-") as corral:
+        yield corral
 
 
 @pytest.fixture(scope="module")
 def api(ctx: Corral) -> Iterator[TestClient]:
-    """The local administrator on the UNIX socket, with the app's lifespan (its task pool)."""
-    with TestClient(via(create_app(ctx), "unix")) as client:
+    with admin_client(ctx) as client:
         yield client
 
 
 def vm(ctx: Corral, name: str) -> str:
     create(ctx, CreateRequest(name=name, image="reference", memory="128M"))
     return name
-
-
-def wait_task(client: TestClient, task_id: str, deadline: float = 90.0) -> dict[str, Any]:
-    """Poll the task until its status is final."""
-    end = time.monotonic() + deadline
-    while True:
-        task: dict[str, Any] = client.get(f"{API}/tasks/{task_id}").json()
-        if task["status"] in FINAL:
-            return task
-        assert time.monotonic() < end, f"task still {task['status']}: {task}"
-        time.sleep(0.05)
 
 
 def act(client: TestClient, name: str, action: str, **body: Any) -> dict[str, Any]:

@@ -7,92 +7,45 @@ operation's phases.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
 from corral.access.local import local_principal
-from corral.access.projects import create_project
 from corral.access.tokens import create_token
-from corral.access.users import create_user
 from corral.api.app import create_app
-from corral.api.auth import via
-from corral.compute import lifecycle
 from corral.compute.context import Corral
-from corral.compute.define import delete
-from corral.compute.reference import ensure_reference
-from corral.config import Home
-from corral.errors import CorralError
-from corral.store.models import VmRow
+from tests.api.support import (
+    API,
+    FINAL,
+    act,
+    admin_client,
+    audit_entries,
+    state_dir,
+    wait_task,
+)
 
 pytestmark = pytest.mark.tcg
-
-API = "/api/v1"
-FINAL = {"success", "error", "cancelled"}
 
 
 @pytest.fixture(scope="module")
 def ctx() -> Iterator[Corral]:
     """A state directory with the reference image, project p1 and its viewer vic."""
-    # A short path: QEMU's UNIX sockets live in the VM directories.
-    home = Path(tempfile.mkdtemp(prefix="va-", dir="/tmp"))
-    corral = Corral(Home(home))
-    ensure_reference(corral)
-    admin = local_principal(corral, os.geteuid())
-    create_project(corral, admin, "p1")
-    create_user(corral, admin, "vic", "viewer", ["p1"])
-    yield corral
-    with corral.db.session() as session:
-        names = list(session.scalars(select(VmRow.name)))
-    for name in names:
-        with contextlib.suppress(CorralError):  # not running
-            lifecycle.destroy(corral, name)
-        with contextlib.suppress(CorralError):
-            delete(corral, name)
-    corral.close()
-    shutil.rmtree(home, ignore_errors=True)
+    with state_dir("va-", ["p1"], {"vic": ("viewer", ["p1"])}) as corral:
+        yield corral
 
 
 @pytest.fixture(scope="module")
 def api(ctx: Corral) -> Iterator[TestClient]:
-    """The local administrator on the UNIX socket, with the app's task pool."""
-    with TestClient(via(create_app(ctx), "unix")) as client:
+    with admin_client(ctx) as client:
         yield client
 
 
-def wait_task(client: TestClient, task_id: str, deadline: float = 90.0) -> dict[str, Any]:
-    """Poll the task until its status is final, keeping each detail it showed."""
-    end = time.monotonic() + deadline
-    while True:
-        task: dict[str, Any] = client.get(f"{API}/tasks/{task_id}").json()
-        if task["status"] in FINAL:
-            return task
-        assert time.monotonic() < end, f"task still {task['status']}: {task}"
-        time.sleep(0.05)
-
-
-def act(client: TestClient, name: str, action: str, **body: Any) -> dict[str, Any]:
-    """Ask for ``action`` on ``name`` and wait for its task to end."""
-    answer = client.post(f"{API}/vms/{name}/{action}", json=body or None)
-    assert answer.status_code == 202, answer.text
-    return wait_task(client, answer.json()["id"])
-
-
-def entries(client: TestClient, name: str) -> list[dict[str, Any]]:
-    """The audit entries on VM ``name``, oldest first."""
-    query = {"target_kind": "vm", "target": name, "limit": 100}
-    page = client.get(f"{API}/audit", params=query).json()
-    return list(reversed(page["items"]))
+entries = audit_entries
 
 
 def test_every_operation_is_audited_with_its_outcome(ctx: Corral, api: TestClient) -> None:
@@ -156,6 +109,10 @@ def test_a_task_that_fails_is_audited_with_its_error_class(ctx: Corral, api: Tes
         task = act(api, "a-fail", "start")
     assert task["status"] == "error"
     assert task["error"].startswith("QEMU exited with status")
+    # QEMU's last words and its command line stay with the task, for the CLI to show.
+    *said, command = task["detail"].splitlines()
+    assert said and any("hostfwd" in line or str(port) in line for line in said), said
+    assert command.startswith("command: ") and f"{port}-:22" in command
     last = entries(api, "a-fail")[-1]
     assert (last["action"], last["outcome"]) == ("vm.start", "LaunchError")
     assert last["detail"]["task"] == task["id"]

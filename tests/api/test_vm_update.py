@@ -6,76 +6,43 @@ the next start runs QEMU with what was set.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
 from corral.access.local import local_principal
-from corral.access.projects import create_project
 from corral.access.quotas import set_quota
-from corral.access.tokens import create_token
-from corral.access.users import create_user
-from corral.api.app import create_app
-from corral.api.auth import via
 from corral.compute import lifecycle, update
 from corral.compute.context import Corral
-from corral.compute.define import delete
 from corral.compute.locks import ObjectLock
-from corral.compute.reference import ensure_reference
-from corral.config import Home
-from corral.errors import CorralError
 from corral.qemu.monitor import Monitor
-from corral.store.models import VmRow
+from tests.api.support import API, admin_client, audit_entries, state_dir, user_client
 
-API = "/api/v1"
 MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
 def ctx() -> Iterator[Corral]:
     """A state directory with the reference image, projects p1 and p2, the operator alice
-    and the viewer vic (members of p1); every VM is destroyed and deleted at the end."""
-    # A short path: QEMU's UNIX sockets live in the VM directories.
-    home = Path(tempfile.mkdtemp(prefix="vu-", dir="/tmp"))
-    corral = Corral(Home(home))
-    ensure_reference(corral)
-    admin = local_principal(corral, os.geteuid())
-    for project in ("p1", "p2"):
-        create_project(corral, admin, project)
-    create_user(corral, admin, "alice", "operator", ["p1"])
-    create_user(corral, admin, "vic", "viewer", ["p1"])
-    yield corral
-    with corral.db.session() as session:
-        names = list(session.scalars(select(VmRow.name)))
-    for name in names:
-        with contextlib.suppress(CorralError):  # not running
-            lifecycle.destroy(corral, name)
-        with contextlib.suppress(CorralError):
-            delete(corral, name)
-    corral.close()
-    shutil.rmtree(home, ignore_errors=True)
+    and the viewer vic (members of p1)."""
+    users = {"alice": ("operator", ["p1"]), "vic": ("viewer", ["p1"])}
+    with state_dir("vu-", ["p1", "p2"], users) as corral:
+        yield corral
 
 
 @pytest.fixture(scope="module")
 def api(ctx: Corral) -> Iterator[TestClient]:
-    """The local administrator on the UNIX socket."""
-    with TestClient(via(create_app(ctx), "unix")) as client:
+    with admin_client(ctx) as client:
         yield client
 
 
-def _user(ctx: Corral, name: str) -> TestClient:
-    secret = create_token(ctx, local_principal(ctx, os.geteuid()), name).secret
-    return TestClient(create_app(ctx), headers={"Authorization": f"Bearer {secret}"})
+_user = user_client
+audit = audit_entries
 
 
 def define(client: TestClient, name: str, **body: Any) -> dict[str, Any]:
@@ -85,13 +52,6 @@ def define(client: TestClient, name: str, **body: Any) -> dict[str, Any]:
     assert answer.status_code == 201, answer.text
     vm: dict[str, Any] = answer.json()
     return vm
-
-
-def audit(client: TestClient, name: str) -> list[dict[str, Any]]:
-    """The audit entries of VM ``name``, oldest first."""
-    query = {"target_kind": "vm", "target": name, "limit": 100}
-    entries = client.get(f"{API}/audit", params=query).json()
-    return list(reversed(entries["items"]))
 
 
 def free_port() -> int:

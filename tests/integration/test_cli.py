@@ -157,9 +157,12 @@ def test_a_task_that_fails_exits_1_with_its_error(corral_home: Path) -> None:
         try:
             result = cli(corral_home, "start", "fail1")
             assert result.returncode == 1
-            lines = result.stderr.strip().splitlines()
-            assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-            assert lines[0].startswith("error: QEMU exited with status ")
+            first, *said, command = result.stderr.strip().splitlines()
+            assert "Traceback" not in result.stderr, result.stderr
+            assert first.startswith("error: QEMU exited with status ")
+            # Then what QEMU said, and the command line that made it say so.
+            assert any("Could not set up host forwarding" in line for line in said), said
+            assert command.startswith("  command: ") and f"{port}-:22" in command
             assert result.stdout == ""
             assert json.loads(ok(corral_home, "info", "fail1", "--json"))["state"] == "defined"
         finally:

@@ -23,6 +23,7 @@ from corral.cli.tokens import token_app
 from corral.cli.types import type_app
 from corral.cli.users import user_app
 from corral.cli.volumes import volume_app
+from corral.client.transport import ApiError
 from corral.errors import CorralError, GuestTimeout, LaunchError
 
 if TYPE_CHECKING:
@@ -101,7 +102,9 @@ def _finish(api: Client, task: TaskRead, detach: bool = False) -> TaskRead | Non
         )
         sys.exit(130)
     if done.status != "success":
-        raise ApiError(500, "TaskError", done.error or f"task {done.id} was {done.status}")
+        lines = () if done.detail == "failed" else tuple(done.detail.splitlines())
+        message = done.error or f"task {done.id} was {done.status}"
+        raise ApiError(500, "TaskError", message, lines=lines)
     return done
 
 
@@ -433,6 +436,9 @@ def main() -> None:
         if isinstance(exc, GuestTimeout) and exc.last_lines:
             render.err.print("last console lines:", soft_wrap=True)
             for line in exc.last_lines:
+                render.err.print(f"  {line}", markup=False, soft_wrap=True)
+        if isinstance(exc, ApiError):
+            for line in exc.lines:
                 render.err.print(f"  {line}", markup=False, soft_wrap=True)
         if isinstance(exc, LaunchError):
             for line in exc.output:

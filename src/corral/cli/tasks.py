@@ -145,4 +145,8 @@ def _event_line(event: dict[str, object]) -> str:
         ).rstrip()
     if event.get("kind") == "vm":
         return f"{at} vm {info.get('name')}: {info.get('previous')} -> {info.get('state')}"
+    if event.get("kind") == "vm.qmp":
+        details = info.get("details")
+        said = " ".join(f"{k}={v}" for k, v in details.items()) if isinstance(details, dict) else ""
+        return f"{at} vm {info.get('name')}: QMP {info.get('event')} {said}".rstrip()
     return f"{at} {event.get('kind')}: {data}"

@@ -32,13 +32,22 @@ class ApiError(CorralError):
     :param kind: the daemon's error class (``NotFound``, ``InvalidInput``, ...).
     :param message: its one-line message.
     :param field: the field an ``InvalidInput`` names.
+    :param lines: what else to show under the message (a failed task's console lines).
     """
 
-    def __init__(self, status: int, kind: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        field: str | None = None,
+        lines: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
         self.field = field
+        self.lines = lines
 
 
 class Transport:

@@ -235,7 +235,7 @@ class TaskPool:
         except TaskCancelled:
             status, detail = TaskStatus.CANCELLED, "cancelled while running"
         except CorralError as exc:
-            status, detail, error = TaskStatus.ERROR, "failed", exc.message
+            status, detail, error = TaskStatus.ERROR, failure_detail(exc), exc.message
         except Exception as exc:  # a bug: the task still ends, and says so
             log.exception("task %s failed", task_id)
             status, detail, error = TaskStatus.ERROR, "failed", f"internal error: {exc!r}"
@@ -258,6 +258,18 @@ class TaskPool:
                     completed_at=utcnow(),
                 )
             )
+
+
+def failure_detail(exc: CorralError) -> str:
+    """What a failed task's detail says beyond its error: QEMU's last words and command line,
+    or the guest's last console lines, one per line; else ``failed``."""
+    from corral.errors import GuestTimeout, LaunchError
+
+    if isinstance(exc, LaunchError):
+        return "\n".join([*exc.output, f"command: {' '.join(exc.argv)}"])
+    if isinstance(exc, GuestTimeout) and exc.last_lines:
+        return "\n".join(["last console lines:", *exc.last_lines])
+    return "failed"
 
 
 def _finish(ctx: Corral, task_id: str, status: TaskStatus, detail: str, error: str | None) -> None:

@@ -287,11 +287,11 @@ def time_creates(daemon: Daemon, count: int, warmup: int) -> tuple[str, list[flo
 def where_it_goes(home: Path, runs: int) -> dict[str, float]:
     """Median ms of each step of one ``GET /api/v1/vms?limit=100``, called in-process."""
     from corral.access.local import local_principal
-    from corral.api.routers.paging import page
+    from corral.access.scope import visible
     from corral.api.routers.vms import vm_read
-    from corral.api.tenancy import visible_names
+    from corral.api.schemas import Page, VmRead
     from corral.compute.context import Corral
-    from corral.compute.inventory import list_vms
+    from corral.compute.inventory import page_vms
     from corral.config import Home
     from corral.store.models import VmRow
 
@@ -307,12 +307,17 @@ def where_it_goes(home: Path, runs: int) -> dict[str, float]:
     try:
         principal = local_principal(ctx, os.geteuid())
         for _ in range(runs):
-            step("visible_names (one query)", lambda: visible_names(ctx, principal, VmRow))
-            views = step("inventory.list_vms(all): every record", lambda: list_vms(ctx, True))
-            reads = step(
-                "vm_read() of every view (pydantic)", lambda vs=views: [vm_read(v) for v in vs]
+            where = step(
+                "scope (local admin: every project)", lambda: visible(principal, VmRow.project_id)
             )
-            result = step("page(limit=100)", lambda rs=reads: page(rs, 100, 0))
+            views, total = step(
+                "page_vms: reconcile active, count, read 100",
+                lambda w=where: page_vms(ctx, w, None, 100, 0),
+            )
+            reads = step(
+                "vm_read() of the page (pydantic)", lambda vs=views: [vm_read(v) for v in vs]
+            )
+            result = Page[VmRead](items=reads, total=total, limit=100, offset=0)
             step("JSON of the page (model_dump_json)", result.model_dump_json)
     finally:
         ctx.close()

@@ -48,7 +48,11 @@ def test_serve_detach_answers_and_stops() -> None:
                 api.get_image("../vms")  # one path segment, never another path
             assert caught.value.status == 404
         again = run(home, "serve", "--detach")
-        assert again.returncode == 1 and "already running" in again.stderr
+        assert again.returncode == 0 and "already running (pid" in again.stdout, again.stderr
+        assert int((home / "corrald.pid").read_text()) == pid
+        other = run(home, "serve", "--detach", "--bind", f"127.0.0.1:{free_port()}")
+        assert other.returncode == 1 and "stop it first: corral serve --stop" in other.stderr
+        assert int((home / "corrald.pid").read_text()) == pid
     finally:
         stopped = run(home, "serve", "--stop")
     assert stopped.returncode == 0, stopped.stderr
@@ -100,3 +104,36 @@ def test_acceptance_over_tcp() -> None:
     finally:
         stopped = run(home, "serve", "--stop")
     assert stopped.returncode == 0, stopped.stderr
+
+
+def test_serve_replaces_a_daemon_a_verb_started() -> None:
+    """The acceptance's order reversed: a verb starts the local daemon (no TCP), then
+    ``corral serve --bind`` replaces it with one that listens as asked."""
+    import json
+
+    home = Path(tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
+    try:
+        assert run(home, "project", "create", "p1").returncode == 0
+        first = int((home / "corrald.pid").read_text())
+        record = json.loads((home / "corrald.json").read_text())
+        assert record == {"pid": first, "tcp": None, "tls": False, "on_demand": True}
+        port = free_port()
+        served = run(home, "serve", "--bind", f"127.0.0.1:{port}", "--detach")
+        assert served.returncode == 0, served.stderr
+        assert "stopped the corrald a command had started" in served.stdout
+        second = int((home / "corrald.pid").read_text())
+        assert second != first and not Path(f"/proc/{first}").exists()
+        record = json.loads((home / "corrald.json").read_text())
+        assert record == {
+            "pid": second,
+            "tcp": f"127.0.0.1:{port}",
+            "tls": False,
+            "on_demand": False,
+        }
+        answer = curl(
+            "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/api/v1/vms"
+        )
+        assert answer.stdout == "401"
+        assert "p1" in run(home, "project", "list").stdout  # nothing was lost
+    finally:
+        run(home, "serve", "--stop")

@@ -25,6 +25,8 @@ from corral.errors import HostError, InvalidInput
 SOCKET_NAME = "corrald.sock"
 PIDFILE_NAME = "corrald.pid"
 LOG_NAME = "corrald.log"
+#: How the running daemon was started (:class:`Started`), beside its pidfile.
+STARTED_NAME = "corrald.json"
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,41 @@ def tcp_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(ctx: Corral, listen: Listen, pidfile: Path | None = None) -> None:
+@dataclass(frozen=True)
+class Started:
+    """How a running daemon was started: what ``corral serve --detach`` compares a request
+    with, to start nothing twice."""
+
+    pid: int
+    #: ``host:port`` of its TCP listener, or ``None``.
+    tcp: str | None
+    tls: bool
+    #: Started by a CLI verb that found no daemon (not by ``corral serve``): replaceable.
+    on_demand: bool
+
+    @classmethod
+    def read(cls, path: Path) -> Started | None:
+        """The record at ``path``, or ``None`` when there is none (or it is not one)."""
+        import json
+
+        try:
+            raw = json.loads(path.read_text())
+            return cls(int(raw["pid"]), raw["tcp"], bool(raw["tls"]), bool(raw["on_demand"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def bind_text(tcp: tuple[str, int] | None) -> str | None:
+    """``host:port`` (``[host]:port`` for IPv6) of a TCP listener."""
+    if tcp is None:
+        return None
+    host, port = tcp
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve(
+    ctx: Corral, listen: Listen, pidfile: Path | None = None, on_demand: bool = False
+) -> None:
     """Serve the API until SIGINT or SIGTERM (blocking).
 
     The UNIX socket and the TCP address are two uvicorn servers in one event loop, so that
@@ -108,7 +144,9 @@ def serve(ctx: Corral, listen: Listen, pidfile: Path | None = None) -> None:
     lifespan: one task pool, one event broker, one watcher (a VM's events monitor takes one
     listener) serve both.
 
-    :param pidfile: written with this process's PID once the sockets listen, removed at exit.
+    :param pidfile: written with this process's PID once the sockets listen, removed at exit;
+        beside it, :data:`STARTED_NAME` records how the daemon was started.
+    :param on_demand: started by a CLI verb, not by ``corral serve`` (see :class:`Started`).
     """
     import asyncio
 
@@ -134,17 +172,30 @@ def serve(ctx: Corral, listen: Listen, pidfile: Path | None = None) -> None:
             )
             servers.append((_Server(config), sock))
         if pidfile is not None:
-            pidfile.write_text(f"{os.getpid()}\n")
+            _record_start(pidfile, listen, on_demand)
         asyncio.run(_serve_all(servers, lambda: _close_streams(app)))
     finally:
         if pidfile is not None:
             with contextlib.suppress(FileNotFoundError, ValueError):
                 if int(pidfile.read_text()) == os.getpid():
                     pidfile.unlink()
+                    pidfile.with_name(STARTED_NAME).unlink(missing_ok=True)
         for sock, _ in listeners:
             sock.close()
         with contextlib.suppress(FileNotFoundError):
             listen.socket.unlink()
+
+
+def _record_start(pidfile: Path, listen: Listen, on_demand: bool) -> None:
+    import json
+    from dataclasses import asdict
+
+    started = Started(os.getpid(), bind_text(listen.tcp), listen.tls_cert is not None, on_demand)
+    record = pidfile.with_name(STARTED_NAME)
+    tmp = record.with_name(f".{STARTED_NAME}.{os.getpid()}")
+    tmp.write_text(json.dumps(asdict(started)) + "\n")
+    tmp.replace(record)
+    pidfile.write_text(f"{os.getpid()}\n")
 
 
 class _Server(uvicorn.Server):

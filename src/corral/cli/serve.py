@@ -29,6 +29,14 @@ def serve_cmd(
         bool, typer.Option("--detach", help="Run in the background; return once it answers.")
     ] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the detached daemon.")] = False,
+    on_demand: Annotated[
+        bool,
+        typer.Option(
+            "--on-demand",
+            hidden=True,
+            help="Started by a CLI verb that found no daemon: corral serve may replace it.",
+        ),
+    ] = False,
 ) -> None:
     """Run corrald: the REST API on $CORRAL_HOME/corrald.sock (and --bind)."""
     from corral.api.server import LOG_NAME, PIDFILE_NAME, SOCKET_NAME, Listen, parse_bind
@@ -56,12 +64,12 @@ def serve_cmd(
         tls_key=tls_key.absolute() if tls_key else None,
     )
     if detach:
-        _detach(listen, root / LOG_NAME, pidfile)
+        _detach(listen, root / LOG_NAME, pidfile, on_demand)
         return
     from corral.api.server import serve
 
     with open_corral() as ctx:
-        serve(ctx, listen, pidfile)
+        serve(ctx, listen, pidfile, on_demand)
 
 
 def _token_auth_available() -> bool:
@@ -71,16 +79,44 @@ def _token_auth_available() -> bool:
     return TCP_AUTH
 
 
-def _detach(listen: object, log: Path, pidfile: Path) -> None:
-    """Start ``corral serve`` (same options, without ``--detach``) in its own session."""
-    from corral.api.server import Listen
+def _detach(listen: object, log: Path, pidfile: Path, on_demand: bool) -> None:
+    """Start ``corral serve`` (same options, without ``--detach``) in its own session.
+
+    A daemon that already answers is left alone when it listens as asked (nothing to do),
+    and replaced when a CLI verb started it on demand; one started by ``corral serve`` with
+    other options is an error (stop it first).
+    """
+    from corral.api.server import STARTED_NAME, Listen, Started, bind_text
     from corral.client.local import answers
     from corral.errors import HostError
 
     assert isinstance(listen, Listen)
     if answers(listen.socket):
-        raise HostError(f"corrald is already running on {listen.socket}")
+        running = Started.read(pidfile.with_name(STARTED_NAME))
+        wanted = (bind_text(listen.tcp), listen.tls_cert is not None)
+        if running is not None and (running.tcp, running.tls) == wanted:
+            render.out.print(
+                f"corrald already running (pid {running.pid}) on {_where(listen)}",
+                markup=False,
+                soft_wrap=True,
+            )
+            return
+        if running is None or not running.on_demand or on_demand:
+            how = f" (pid {running.pid}, TCP {running.tcp or 'off'})" if running else ""
+            raise HostError(
+                f"corrald is already running on {listen.socket}{how}; "
+                "to start it with other options, stop it first: corral serve --stop"
+            )
+        # Started by a verb with no TCP: guests do not notice, running tasks finish first.
+        _stop(pidfile, timeout=120.0, quiet=True)
+        render.out.print(
+            f"stopped the corrald a command had started (pid {running.pid}), to listen as asked",
+            markup=False,
+            soft_wrap=True,
+        )
     argv = [sys.executable, "-c", "from corral.cli.main import main; main()", "serve"]
+    if on_demand:
+        argv.append("--on-demand")
     if listen.tcp is not None:
         host, port = listen.tcp
         argv += ["--bind", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -103,13 +139,8 @@ def _detach(listen: object, log: Path, pidfile: Path) -> None:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             raise HostError(f"corrald exited with status {proc.returncode}: {' | '.join(tail)}")
         if answers(listen.socket):
-            where = (
-                f" and http{'s' if listen.tls_cert else ''}://{_fmt(listen.tcp)}"
-                if listen.tcp
-                else ""
-            )
             render.out.print(
-                f"corrald running (pid {proc.pid}) on {listen.socket}{where}; log {log}",
+                f"corrald running (pid {proc.pid}) on {_where(listen)}; log {log}",
                 markup=False,
                 soft_wrap=True,
             )
@@ -119,13 +150,16 @@ def _detach(listen: object, log: Path, pidfile: Path) -> None:
     raise HostError(f"corrald did not answer on {listen.socket} within 30 s; see {log}")
 
 
-def _fmt(tcp: tuple[str, int] | None) -> str:
-    assert tcp is not None
-    host, port = tcp
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _where(listen: object) -> str:
+    from corral.api.server import Listen, bind_text
+
+    assert isinstance(listen, Listen)
+    tcp = bind_text(listen.tcp)
+    scheme = "https" if listen.tls_cert else "http"
+    return f"{listen.socket}" + (f" and {scheme}://{tcp}" if tcp else "")
 
 
-def _stop(pidfile: Path) -> None:
+def _stop(pidfile: Path, timeout: float = 15.0, quiet: bool = False) -> None:
     from corral.errors import NotFound
 
     try:
@@ -137,12 +171,13 @@ def _stop(pidfile: Path) -> None:
     except ProcessLookupError:
         pidfile.unlink(missing_ok=True)
         raise NotFound("corrald", f"pid {pid}") from None
-    deadline = time.monotonic() + 15.0
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            render.out.print(f"corrald (pid {pid}) stopped", markup=False)
+            if not quiet:
+                render.out.print(f"corrald (pid {pid}) stopped", markup=False)
             return
         time.sleep(0.05)
     raise NotFound("corrald", f"pid {pid} still running after SIGTERM")

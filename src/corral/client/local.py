@@ -40,7 +40,7 @@ def connect(home: Path, start: bool = True, timeout: float = 30.0) -> Client:
         argv = [sys.executable, "-c", "from corral.cli.main import main; main()"]
         env = dict(os.environ, CORRAL_HOME=str(home))
         proc = subprocess.run(
-            [*argv, "serve", "--detach"],
+            [*argv, "serve", "--detach", "--on-demand"],
             env=env,
             capture_output=True,
             text=True,

@@ -172,12 +172,16 @@ class StateError(Conflict):
     :param operation: what was asked (``resume``).
     :param current: the VM's state now.
     :param allowed: the states in which the operation is allowed.
+    :param hint: what to do about it (``stop it first``), appended to the message.
     """
 
-    def __init__(self, vm: str, operation: str, current: str, allowed: Sequence[str]) -> None:
+    def __init__(
+        self, vm: str, operation: str, current: str, allowed: Sequence[str], hint: str = ""
+    ) -> None:
         allowed_text = ", ".join(allowed) if allowed else "no state"
         super().__init__(
             f"cannot {operation} vm {vm!r}: it is {current}; {operation} needs {allowed_text}"
+            + (f": {hint}" if hint else "")
         )
         self.vm = vm
         self.operation = operation

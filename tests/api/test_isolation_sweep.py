@@ -134,6 +134,12 @@ def _add_optional_victims(ctx: Corral, world: World, admin: Any) -> None:
     world.victims["volumes"] = {"name": "bobs-volume"}
     world.secrets += ["bobs-volume", volume.created_at]
 
+    from corral.compute.snapshots import create_snapshot
+
+    create_snapshot(ctx, "bobs-vm", "bobs-snap")
+    world.victims["vms"]["snap"] = "bobs-snap"
+    world.secrets += ["bobs-snap"]
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:

@@ -36,9 +36,9 @@ from corral.api.app import create_app
 from corral.api.auth import via
 from corral.compute import volumes as volumes_module
 from corral.compute.context import Corral
-from corral.compute.define import CreateRequest, create
+from corral.compute.define import CreateRequest, create, delete
 from corral.config import Home
-from corral.errors import HostError, QuotaExceeded
+from corral.errors import HostError, InUse, QuotaExceeded
 from corral.storage.volumes import pool_dir, volume_path
 from corral.store.models import VmRow, VolumeRow
 from corral.units import GiB, MiB
@@ -474,3 +474,41 @@ def test_generated_requests_are_answered_as_documented(case: schemathesis.Case[A
             checks.negative_data_rejection,
         ]
     )
+
+
+def test_attach_detach_resize_a_stopped_vm(world: World) -> None:
+    ctx, alice, bob = world.ctx, world.clients["alice"], world.clients["bob"]
+    create(ctx, CreateRequest(name="hp-a", disk_size="16M", memory="128M", project="p1"))
+    create(ctx, CreateRequest(name="hp-b", disk_size="16M", memory="128M", project="p1"))
+    create(ctx, CreateRequest(name="hp-c", disk_size="16M", memory="128M", project="p2"))
+    alice.post(f"{API}/volumes", json={"name": "hp", "size": "16M", "project": "p1"})
+    _error(bob.post(f"{API}/volumes/hp/attach", json={"vm": "hp-c"}), 404, "NotFound")
+    _error(alice.post(f"{API}/volumes/hp/attach", json={"vm": "hp-c"}), 404, "NotFound")
+    local = world.clients["local"]
+    body = _error(local.post(f"{API}/volumes/hp/attach", json={"vm": "hp-c"}), 422, "InvalidInput")
+    assert body["field"] == "vm"
+    attached = alice.post(f"{API}/volumes/hp/attach", json={"vm": "hp-a"})
+    assert attached.status_code == 200 and attached.json()["attached_to"] == "hp-a"
+    again = alice.post(f"{API}/volumes/hp/attach", json={"vm": "hp-b"})
+    assert _error(again, 409, "InUse")["message"] == "volume 'hp' is in use by vm hp-a"
+    with pytest.raises(InUse, match="vm 'hp-a' is in use by volume hp"):
+        delete(ctx, "hp-a")
+
+    shrink = alice.post(f"{API}/volumes/hp/resize", json={"size": "8M"})
+    assert _error(shrink, 422, "InvalidInput")["field"] == "size"
+    _error(bob.post(f"{API}/volumes/hp/resize", json={"size": "32M"}), 404, "NotFound")
+    grown = alice.post(f"{API}/volumes/hp/resize", json={"size": "32M"})
+    assert grown.status_code == 200 and grown.json()["size"] == 32 * MiB
+    assert _qemu_img("info", "-f", "qcow2", str(_file(ctx, "hp")))["virtual-size"] == 32 * MiB
+
+    bad = alice.post(f"{API}/volumes/hp/detach", json={"timeout": 0})
+    assert _error(bad, 422, "InvalidInput")["field"] == "timeout"
+    _error(bob.post(f"{API}/volumes/hp/detach"), 404, "NotFound")
+    _error(world.clients["carol"].post(f"{API}/volumes/hp/detach"), 403, "Forbidden")
+    detached = alice.post(f"{API}/volumes/hp/detach")
+    assert detached.status_code == 200 and detached.json()["attached_to"] is None
+    _error(alice.post(f"{API}/volumes/hp/detach"), 409, "Conflict")
+    entries = list_entries(ctx, world.admin, AuditFilter(target_name="hp"))
+    actions = {(e.action, e.outcome) for e in entries}
+    assert {("volume.attach", "ok"), ("volume.detach", "ok"), ("volume.resize", "ok")} <= actions
+    assert ("volume.attach", "InUse") in actions

@@ -243,7 +243,8 @@ def test_node_graph_is_explicit(name: str) -> None:
     assert all(QEMU_ID.match(i) for i in ids)
     drives = [json.loads(raw).get("drive") for raw in options(argv, "-device")]
     assert {d for d in drives if d} <= set(nodes)
-    assert len([d for d in drives if d]) == len(case.spec.disks) + case.spec.seed
+    medium = case.spec.cdrom is not None and case.spec.cdrom.path is not None
+    assert len([d for d in drives if d]) == len(case.spec.disks) + case.spec.seed + medium
 
 
 # -- checkprops: every field of the spec is set to something other than its default somewhere

@@ -23,7 +23,9 @@ from corral.api.routers import (
     keypairs,
     launch,
     login,
+    monitor,
     projects,
+    snapshots,
     ssh,
     tasks,
     tokens,
@@ -85,7 +87,7 @@ def create_app(ctx: Corral) -> FastAPI:
         redoc_url=None,
     )
     app.state.corral = ctx
-    areas = (host, vms, ssh, launch, images, types, keypairs, volumes, tasks)
+    areas = (host, vms, monitor, snapshots, ssh, launch, images, types, keypairs, volumes, tasks)
     access = (projects, users, tokens, audit, login)
     for module in (*areas, *access):
         app.include_router(module.router, prefix=PREFIX)

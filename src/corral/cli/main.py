@@ -16,8 +16,10 @@ from corral.cli.image import image_app
 from corral.cli.keys import key_app
 from corral.cli.launch import launch_cmd, scp_cmd, ssh_cmd
 from corral.cli.login import login_cmd, logout_cmd, whoami_cmd
+from corral.cli.monitor import cdrom_app, monitor_cmd, reset_cmd
 from corral.cli.projects import project_app
 from corral.cli.serve import serve_cmd
+from corral.cli.snapshots import snapshot_app
 from corral.cli.tasks import events_cmd, task_app
 from corral.cli.tokens import token_app
 from corral.cli.types import type_app
@@ -52,12 +54,16 @@ app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(volume_app, name="volume")
+app.add_typer(snapshot_app, name="snapshot")
 app.command("launch")(launch_cmd)
 app.command("ssh")(ssh_cmd)
 app.command("scp")(scp_cmd)
 app.command("serve")(serve_cmd)
 app.add_typer(task_app, name="task")
 app.command("events")(events_cmd)
+app.command("monitor")(monitor_cmd)
+app.command("reset")(reset_cmd)
+app.add_typer(cdrom_app, name="cdrom")
 app.command("login")(login_cmd)
 app.command("logout")(logout_cmd)
 app.command("whoami")(whoami_cmd)

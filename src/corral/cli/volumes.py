@@ -141,3 +141,42 @@ def delete_cmd(name: Name, project: Project = None) -> None:
     with open_client() as api:
         api.delete_volume(name, project)
     render.out.print(f"volume {name} deleted", markup=False)
+
+
+@volume_app.command("attach")
+def attach_cmd(
+    name: Name,
+    vm: Annotated[str, typer.Argument(metavar="VM", help="A VM of the volume's project.")],
+    project: Project = None,
+) -> None:
+    """Attach a volume to a VM: at once if it runs (hotplug), else from its next start."""
+    with open_client() as api:
+        v = api.attach_volume(name, vm, project)
+    render.out.print(f"volume {v.name} attached to vm {v.attached_to}", markup=False)
+
+
+@volume_app.command("detach")
+def detach_cmd(
+    name: Name,
+    project: Project = None,
+    timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a running guest has to release the disk (1-120)."),
+    ] = 10.0,
+) -> None:
+    """Detach a volume from its VM (a running guest releases the disk first)."""
+    with open_client() as api:
+        v = api.detach_volume(name, project, timeout)
+    render.out.print(f"volume {v.name} detached", markup=False)
+
+
+@volume_app.command("resize")
+def resize_cmd(
+    name: Name,
+    size: Annotated[str, typer.Argument(metavar="SIZE", help="The new size, e.g. 20G.")],
+    project: Project = None,
+) -> None:
+    """Grow a volume; a running guest it is attached to sees the new size at once."""
+    with open_client() as api:
+        v = api.resize_volume(name, size, project)
+    render.out.print(f"volume {v.name} is now {render.size(v.size)}", markup=False)

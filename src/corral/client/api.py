@@ -5,6 +5,8 @@ from __future__ import annotations
 from corral.client.access import AccessApi
 from corral.client.catalogue import CatalogueApi
 from corral.client.launch import LaunchApi
+from corral.client.monitor import MonitorApi
+from corral.client.snapshots import SnapshotsApi
 from corral.client.tasks import TasksApi
 from corral.client.transport import ApiError, Transport
 from corral.client.vms import VmsApi
@@ -13,6 +15,16 @@ from corral.client.volumes import VolumesApi
 __all__ = ["ApiError", "Client"]
 
 
-class Client(VmsApi, CatalogueApi, TasksApi, LaunchApi, VolumesApi, AccessApi, Transport):
+class Client(
+    VmsApi,
+    MonitorApi,
+    SnapshotsApi,
+    CatalogueApi,
+    TasksApi,
+    LaunchApi,
+    VolumesApi,
+    AccessApi,
+    Transport,
+):
     """A connection to corrald with every area's endpoints (see :class:`Transport` for the
     arguments)."""

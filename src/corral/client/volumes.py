@@ -70,3 +70,30 @@ class VolumesApi(Transport):
 
     def delete_volume(self, name: str, project: str | None = None) -> None:
         self._delete(f"/volumes/{segment(name)}", project=project)
+
+    def attach_volume(self, name: str, vm: str, project: str | None = None) -> VolumeRead:
+        """Attach a volume to a VM (hot-plugged if it runs)."""
+        return self._volume_action(name, "attach", {"vm": vm}, project)
+
+    def detach_volume(
+        self, name: str, project: str | None = None, timeout: float = 10.0
+    ) -> VolumeRead:
+        """Detach a volume; a running guest has ``timeout`` seconds to release it."""
+        body: dict[str, object] = {"timeout": timeout}
+        return self._volume_action(name, "detach", body, project, wait=timeout + 30)
+
+    def resize_volume(self, name: str, size: str | int, project: str | None = None) -> VolumeRead:
+        """Grow a volume to ``size``."""
+        return self._volume_action(name, "resize", {"size": size}, project)
+
+    def _volume_action(
+        self,
+        name: str,
+        action: str,
+        body: dict[str, object],
+        project: str | None,
+        wait: float | None = None,
+    ) -> VolumeRead:
+        path = f"/volumes/{segment(name)}/{action}"
+        answer = self._send("POST", path, params={"project": project}, body=body, timeout=wait)
+        return VolumeRead.model_validate(answer.json())

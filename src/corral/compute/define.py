@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from corral.access.quotas import check_project_quota, demand_of, reserving
 from corral.compute import records
@@ -27,10 +28,10 @@ from corral.compute.lifecycle import Progress, holding, quiet, vm_lock
 from corral.compute.locks import ObjectLock
 from corral.compute.ownership import image_usable, resolve_project
 from corral.compute.state import Op, VmState, require
-from corral.errors import AlreadyExists, InvalidInput, NotFound
+from corral.errors import AlreadyExists, InUse, InvalidInput, NotFound
 from corral.spec import parse
 from corral.spec.vm import NAME_PATTERN, VmSpec
-from corral.store.models import ImageRow, VmRow
+from corral.store.models import ImageRow, VmRow, VolumeRow
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,15 @@ def _record_fields(fields: dict[str, str | None]) -> dict[str, str | None]:
     return fields
 
 
+def _check_no_volumes(session: Session, row: VmRow) -> None:
+    """:raise InUse: volumes are attached to the VM (naming them): they are detached first,
+    as a VM's deletion never decides the fate of a project's volume."""
+    query = select(VolumeRow.name).where(VolumeRow.attached_to == row.id).order_by(VolumeRow.name)
+    names = list(session.scalars(query))
+    if names:
+        raise InUse("vm", row.name, [f"volume {n}" for n in names])
+
+
 def delete(
     ctx: Corral, name: str, keep_disks: bool = False, progress: Progress = quiet
 ) -> list[Path]:
@@ -247,10 +257,13 @@ def delete(
     :param progress: told of each phase (see :mod:`corral.compute.lifecycle`).
     :return: where kept disks now are.
     :raise StateError: the VM is running.
+    :raise InUse: volumes are attached to it (naming them).
     """
     with holding(ctx, name, progress):
         with ctx.db.session() as session:
-            require(name, Op.DELETE, records.reconcile(records.load(ctx, session, name)))
+            vm = records.load(ctx, session, name)
+            require(name, Op.DELETE, records.reconcile(vm))
+            _check_no_volumes(session, vm.row)
         # Reported between transactions: a task's report writes to the same database.
         progress(10, "moving the disks aside, deleting the rest" if keep_disks else "deleting")
         kept: list[Path] = []

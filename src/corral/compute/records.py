@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from corral.compute.context import Corral
 from corral.compute.reconcile import Observation, observed_state
@@ -18,7 +18,7 @@ from corral.qemu import process
 from corral.qemu.monitor import Monitor
 from corral.qemu.paths import DiskFiles, ImageLayer, VmPaths
 from corral.spec.vm import VmSpec
-from corral.store.models import VmRow, utcnow
+from corral.store.models import VmRow, VolumeRow, utcnow
 
 #: A base image's file inside the catalogue.
 IMAGE_FILE = "disk.qcow2"
@@ -47,17 +47,41 @@ class Vm:
         return process.QemuProcess(self.row.pid, self.row.pid_start)
 
 
-def vm_paths(ctx: Corral, spec: VmSpec) -> VmPaths:
-    """Where ``spec``'s files live: ``vms/<name>/``, disks chained to catalogue images."""
+def vm_paths(
+    ctx: Corral,
+    spec: VmSpec,
+    volumes: dict[str, ImageLayer] | None = None,
+    disk_chain: str | None = None,
+) -> VmPaths:
+    """Where ``spec``'s files live: ``vms/<name>/``, disks chained to catalogue images.
+
+    :param volumes: the attached volumes' files by device id (see :func:`attached_volumes`).
+    :param disk_chain: the record's ``disk_chain`` (JSON: each disk's files, top first, that
+        snapshots left); a disk it does not name is the single file ``<disk>.qcow2``.
+    """
     root = ctx.home.vm_dir(spec.name)
+    chains: dict[str, list[str]] = json.loads(disk_chain)["disks"] if disk_chain else {}
     disks: dict[str, DiskFiles] = {}
     for disk in spec.disks:
-        top = ImageLayer(str(root / f"{disk.name}.qcow2"), "qcow2")
-        backing: tuple[ImageLayer, ...] = ()
+        files = chains.get(disk.name) or [f"{disk.name}.qcow2"]
+        layers = [ImageLayer(str(root / file), "qcow2") for file in files]
         if disk.image is not None:
-            backing = (ImageLayer(str(ctx.home.image_dir(disk.image) / IMAGE_FILE), "qcow2"),)
-        disks[disk.name] = DiskFiles(top, backing)
-    return VmPaths.for_dir(str(root), disks)
+            layers.append(ImageLayer(str(ctx.home.image_dir(disk.image) / IMAGE_FILE), "qcow2"))
+        disks[disk.name] = DiskFiles(layers[0], tuple(layers[1:]))
+    return VmPaths.for_dir(str(root), disks, volumes)
+
+
+def attached_volumes(ctx: Corral, session: Session, vm_id: str) -> dict[str, ImageLayer]:
+    """The files of the volumes attached to the VM ``vm_id``, by device id."""
+    from corral.qemu.volume_nodes import device_id
+    from corral.storage.volumes import check_volume_format, volume_path
+
+    rows = session.scalars(select(VolumeRow).where(VolumeRow.attached_to == vm_id))
+    found: dict[str, ImageLayer] = {}
+    for row in rows:
+        fmt = check_volume_format(row.format)
+        found[device_id(row.id)] = ImageLayer(str(volume_path(ctx.home.root, row.id, fmt)), fmt)
+    return found
 
 
 def load(ctx: Corral, session: Session, name: str) -> Vm:
@@ -73,7 +97,9 @@ def load(ctx: Corral, session: Session, name: str) -> Vm:
 
 def wrap(ctx: Corral, row: VmRow) -> Vm:
     spec = VmSpec.model_validate_json(row.spec)
-    return Vm(row, spec, vm_paths(ctx, spec))
+    session = object_session(row)
+    volumes = None if session is None else attached_volumes(ctx, session, row.id)
+    return Vm(row, spec, vm_paths(ctx, spec, volumes, row.disk_chain))
 
 
 def set_state(

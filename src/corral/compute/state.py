@@ -58,6 +58,19 @@ class Op(StrEnum):
     CONSOLE = "console"
     #: Change vCPUs, memory or port forwards.
     UPDATE = "update"
+    #: Send a command to QEMU's monitor.
+    MONITOR = "monitor"
+    #: Hard reset, as the reset button does (``system_reset``).
+    RESET = "reset"
+    #: Insert or eject the CD-ROM drive's medium (recorded when shut off, also live when
+    #: running).
+    CDROM = "cdrom"
+    #: Take a disk snapshot.
+    SNAPSHOT = "snapshot"
+    #: Go back to a disk snapshot.
+    REVERT = "revert"
+    #: Delete a snapshot, merging its layer.
+    SNAPSHOT_DELETE = "snapshot-delete"
 
 
 S = VmState
@@ -73,6 +86,17 @@ ALLOWED: dict[Op, frozenset[VmState]] = {
     Op.DELETE: frozenset({S.DEFINED, S.SHUTOFF, S.CRASHED}),
     Op.CONSOLE: frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING}),
     Op.UPDATE: frozenset({S.DEFINED, S.SHUTOFF, S.CRASHED}),
+    Op.MONITOR: frozenset({S.RUNNING, S.PAUSED}),
+    Op.RESET: frozenset({S.RUNNING, S.PAUSED}),
+    Op.CDROM: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
+    Op.SNAPSHOT: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
+    Op.REVERT: frozenset({S.DEFINED, S.SHUTOFF, S.CRASHED}),
+    Op.SNAPSHOT_DELETE: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
+}
+
+#: What to do about a refusal, for operations whose fix is not obvious from the states.
+HINTS: dict[Op, str] = {
+    Op.REVERT: "a disk-only snapshot is reverted with the VM stopped: stop it first",
 }
 
 #: Every state change the system may make, by cause: user operations, QEMU exiting,
@@ -95,7 +119,13 @@ def require(vm: str, op: Op, current: VmState) -> None:
     """
     allowed = ALLOWED[op]
     if current not in allowed:
-        raise StateError(vm, op.value, current.value, [s.value for s in VmState if s in allowed])
+        raise StateError(
+            vm,
+            op.value,
+            current.value,
+            [s.value for s in VmState if s in allowed],
+            HINTS.get(op, ""),
+        )
 
 
 def check_transition(vm: str, current: VmState, new: VmState) -> None:

@@ -30,7 +30,8 @@ from typing import Literal
 from corral.config import MAX_SOCKET_PATH
 from corral.errors import HostError, InvalidInput
 from corral.host.caps import HostCaps
-from corral.qemu.paths import VmPaths
+from corral.qemu.paths import ImageLayer, VmPaths
+from corral.qemu.volume_nodes import plan_plug
 from corral.spec.vm import DiskSpec, NicSpec, VmSpec
 from corral.units import MiB
 
@@ -48,6 +49,9 @@ _FW_CODE = "fw-code"
 _FW_VARS = "fw-vars"
 #: Node name of the cloud-init seed (disk nodes always have a ``.`` in theirs).
 _SEED = "seed"
+#: Node name of the medium in the CD-ROM drive, and the drive's device id.
+CDROM_NODE = "cdrom"
+CDROM_DEVICE = "cdrom0"
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,9 @@ def build_argv(spec: VmSpec, caps: HostCaps, paths: VmPaths) -> list[str]:
     for index, disk in enumerate(spec.disks):
         argv += _disk(vm, index, disk)
     argv += _seed(vm)
+    argv += _cdrom(vm)
+    for dev in sorted(paths.volumes):
+        argv += _volume(vm, dev, paths.volumes[dev])
     for index, nic in enumerate(spec.nics):
         argv += _nic(vm, index, nic)
     argv += _serial(vm)
@@ -357,6 +364,32 @@ def _disk(vm: _Vm, index: int, disk: DiskSpec) -> list[str]:
     return argv + _device(vm.caps, device)
 
 
+def overlay_nodes(disk: DiskSpec, path: str, tag: str) -> list[dict[str, object]]:
+    """The ``blockdev-add`` options of a new top layer for a running VM's disk: its ``file``
+    node, then its qcow2 node, opened with the disk's cache and discard settings and without
+    a backing (``blockdev-snapshot`` gives it one).
+
+    :param disk: the disk.
+    :param path: the new qcow2 file.
+    :param tag: what makes the node names unique in the VM (``<disk>.<tag>.file``/``.fmt``).
+    :raise ValueError: the names break QEMU's node-name rules.
+    """
+    cache = _CACHE[disk.cache]
+    common: dict[str, object] = {
+        "cache": {"direct": cache.direct, "no-flush": cache.no_flush},
+        "read-only": disk.readonly,
+    }
+    if disk.discard and not disk.readonly:
+        common["discard"] = "unmap"
+    names = [f"{disk.name}.{tag}.file", f"{disk.name}.{tag}.fmt"]
+    for name in names:
+        if not NODE_NAME.match(name):
+            raise ValueError(f"node name {name!r} breaks QEMU's rules")
+    file = {"driver": "file", "filename": path, "node-name": names[0], **common}
+    fmt = {"driver": "qcow2", "file": names[0], "node-name": names[1], "backing": None, **common}
+    return [file, fmt]
+
+
 def _seed(vm: _Vm) -> list[str]:
     """The cloud-init seed: a raw, read-only virtio disk (cloud-init finds it by its label).
 
@@ -368,6 +401,49 @@ def _seed(vm: _Vm) -> list[str]:
         raise ValueError(f"vm {vm.spec.name!r}: the spec has a seed and paths.seed_iso is None")
     device = {"driver": _DISK_DRIVER[vm.bus], "drive": _SEED, "id": _SEED}
     return [*_raw_node(_SEED, vm.paths.seed_iso, read_only=True), *_device(vm.caps, device)]
+
+
+def cdrom_medium(path: str, node: str = CDROM_NODE) -> list[dict[str, object]]:
+    """The block nodes of an ISO in the CD-ROM drive, the ``file`` node first: raw and
+    read-only, both drivers named. ``blockdev-add`` takes the same dictionaries at run time.
+
+    :param path: the ISO's host path.
+    :param node: the ``raw`` node's name; the ``file`` node's is it with ``.file``.
+    """
+    file_node = f"{node}.file"
+    return [
+        {"driver": "file", "filename": path, "node-name": file_node, "read-only": True},
+        {"driver": "raw", "file": file_node, "node-name": node, "read-only": True},
+    ]
+
+
+def _cdrom(vm: _Vm) -> list[str]:
+    """The removable CD-ROM drive (``ide-cd``), with its medium's nodes when it holds one.
+
+    An empty drive has no ``drive`` property: its tray is closed and empty, and a medium can be
+    inserted later over QMP.
+    """
+    cdrom = vm.spec.cdrom
+    if cdrom is None:
+        return []
+    argv: list[str] = []
+    device: dict[str, object] = {"driver": "ide-cd", "id": CDROM_DEVICE}
+    if cdrom.path is not None:
+        for node in cdrom_medium(cdrom.path):
+            argv += ["-blockdev", _json(node)]
+        device["drive"] = CDROM_NODE
+    if cdrom.boot:
+        device["bootindex"] = 0
+    return argv + _device(vm.caps, device)
+
+
+def _volume(vm: _Vm, dev: str, layer: ImageLayer) -> list[str]:
+    """An attached volume: the nodes and device that hotplug would add (same ids)."""
+    plug = plan_plug(dev, layer, _DISK_DRIVER[vm.bus])
+    argv: list[str] = []
+    for node in plug.blockdevs:
+        argv += ["-blockdev", _json(node)]
+    return argv + _device(vm.caps, plug.device)
 
 
 def _nic(vm: _Vm, index: int, nic: NicSpec) -> list[str]:

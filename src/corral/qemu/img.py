@@ -17,7 +17,8 @@ The pieces live in their own modules and are re-exported here:
 * :mod:`corral.qemu.runner`: :func:`run`, the only function that starts a process.
 
 The operations (:func:`info`, :func:`check`, :func:`create`, :func:`create_overlay`,
-:func:`convert`, :func:`resize`, :func:`measure`) are defined here, with the limits each kind
+:func:`convert`, :func:`resize`, :func:`measure`, :func:`rebase`, :func:`has_own_data`) are
+defined here, with the limits each kind
 of operation runs under.
 
 Errors: a failed run raises :class:`~corral.errors.ToolError` (the qemu-img argv without the
@@ -40,7 +41,9 @@ from corral.qemu.img_argv import (
     create_argv,
     create_overlay_argv,
     info_argv,
+    map_argv,
     measure_argv,
+    rebase_argv,
     resize_argv,
     safe_path,
 )
@@ -100,14 +103,18 @@ __all__ = [
     "create_argv",
     "create_overlay",
     "create_overlay_argv",
+    "has_own_data",
     "info",
     "info_argv",
     "limited_argv",
+    "map_argv",
     "measure",
     "measure_argv",
     "parse_check",
     "parse_info",
     "parse_measure",
+    "rebase",
+    "rebase_argv",
     "resize",
     "resize_argv",
     "run",
@@ -287,3 +294,42 @@ def resize(
     :raise ToolError: qemu-img failed.
     """
     run(resize_argv(path, fmt, size), limits)
+
+
+def rebase(
+    path: PathArg,
+    backing: PathArg | None,
+    backing_fmt: ImageFormat = "qcow2",
+    *,
+    limits: Limits = CONVERT_LIMITS,
+) -> None:
+    """Change a qcow2 image's backing file, copying in what differs (safe mode).
+
+    :param path: the image.
+    :param backing: the new backing file; ``None`` makes it stand alone.
+    :param backing_fmt: the new backing file's format.
+    :param limits: resource limits (it copies data, as a conversion does).
+    :raise ToolError: qemu-img failed.
+    """
+    run(rebase_argv(path, backing, backing_fmt), limits)
+
+
+def has_own_data(
+    path: PathArg, fmt: ImageFormat = "qcow2", *, limits: Limits = INSPECT_LIMITS
+) -> bool:
+    """Whether the image itself (not its backing files) holds any data.
+
+    :param path: the image.
+    :param fmt: its format.
+    :param limits: resource limits.
+    :raise ToolError: qemu-img failed or printed something unexpected.
+    """
+    import json
+
+    argv = map_argv(path, fmt)
+    completed = run(argv, limits)
+    try:
+        extents = json.loads(completed.stdout)
+        return any(e.get("depth") == 0 and e.get("data") for e in extents)
+    except (ValueError, AttributeError) as exc:
+        raise ToolError(argv, completed.returncode, f"unexpected output: {exc}") from exc

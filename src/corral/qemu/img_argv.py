@@ -161,3 +161,31 @@ def resize_argv(path: PathArg, fmt: ImageFormat, size: int) -> list[str]:
     :param size: the new virtual size in bytes.
     """
     return [QEMU_IMG, "resize", "-q", "-f", fmt, safe_path(path), _size_arg(size)]
+
+
+def rebase_argv(
+    path: PathArg, backing: PathArg | None, backing_fmt: ImageFormat = "qcow2"
+) -> list[str]:
+    """``qemu-img rebase`` in safe mode: data that differs between the old and the new backing
+    is copied into ``path`` first, so what a guest reads is unchanged.
+
+    :param path: the qcow2 image to rebase (its old backing is opened as its header names it,
+        with the format its header records).
+    :param backing: the new backing file (absolute); ``None`` makes the image stand alone.
+    :param backing_fmt: the new backing file's format.
+    """
+    argv = [QEMU_IMG, "rebase", "-q", "-f", "qcow2"]
+    if backing is None:
+        argv += ["-b", ""]
+    else:
+        argv += ["-b", safe_path(backing), "-F", backing_fmt]
+    return [*argv, safe_path(path)]
+
+
+def map_argv(path: PathArg, fmt: ImageFormat) -> list[str]:
+    """``qemu-img map`` as JSON: which ranges of the image are allocated in which layer.
+
+    :param path: the image.
+    :param fmt: its format.
+    """
+    return [QEMU_IMG, "map", "--output=json", "--force-share", "-f", fmt, safe_path(path)]

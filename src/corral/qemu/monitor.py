@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -41,6 +42,12 @@ VM_EVENTS = frozenset(
         "BLOCK_IO_ERROR",
     }
 )
+
+
+def snapshot_action(node: str, overlay: str) -> dict[str, object]:
+    """A ``blockdev-snapshot`` action for :meth:`Monitor.transaction`: ``overlay`` (a node
+    opened without a backing) is put on top of ``node`` and takes its writes from then on."""
+    return {"type": "blockdev-snapshot", "data": {"node": node, "overlay": overlay}}
 
 
 class Monitor:
@@ -185,3 +192,128 @@ class Monitor:
 
     def query_named_block_nodes(self) -> list[dict[str, Any]]:
         return list(self.execute("query-named-block-nodes", {"flat": True}))
+
+    def query_commands(self) -> list[str]:
+        """The names of the QMP commands this QEMU accepts, sorted."""
+        return sorted(str(entry["name"]) for entry in self.execute("query-commands"))
+
+    def human_monitor_command(self, command_line: str) -> str:
+        """Run one HMP command line through QMP (``human-monitor-command``); its output."""
+        return str(self.execute("human-monitor-command", {"command-line": command_line}))
+
+    # -- removable media -------------------------------------------------------------------------
+
+    def blockdev_open_tray(self, device: str, force: bool = True) -> None:
+        """Open a removable drive's tray; with ``force``, even if the guest locked it."""
+        self.execute("blockdev-open-tray", {"id": device, "force": force})
+
+    def blockdev_close_tray(self, device: str) -> None:
+        """Close a removable drive's tray."""
+        self.execute("blockdev-close-tray", {"id": device})
+
+    def blockdev_remove_medium(self, device: str) -> None:
+        """Take the medium out of a drive whose tray is open (no-op for an empty drive)."""
+        self.execute("blockdev-remove-medium", {"id": device})
+
+    def blockdev_insert_medium(self, device: str, node_name: str) -> None:
+        """Put the block node ``node_name`` into a drive whose tray is open and empty."""
+        self.execute("blockdev-insert-medium", {"id": device, "node-name": node_name})
+
+    # -- hotplug ------------------------------------------------------------------------------
+
+    def device_add(self, options: dict[str, object]) -> None:
+        """Plug a device in; ``options`` names its ``driver`` and ``id``."""
+        self.execute("device_add", options)
+
+    def device_del(self, device: str) -> None:
+        """Ask the guest to release the device ``device``; it is gone only once QEMU sends
+        ``DEVICE_DELETED`` for it (see :meth:`wait_device_deleted`)."""
+        self.execute("device_del", {"id": device})
+
+    def wait_device_deleted(self, device: str, timeout: float) -> bool:
+        """Wait for ``DEVICE_DELETED`` of ``device`` (events since the connection count);
+        ``False`` when ``timeout`` seconds pass without it."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            event = self.wait_event(["DEVICE_DELETED"], left)
+            if event is None:
+                return False
+            if event.get("data", {}).get("device") == device:
+                return True
+        return False
+
+    def qom_exists(self, path: str) -> bool:
+        """Whether the QOM object ``path`` exists (``/machine/peripheral/<id>`` for a device
+        with an id)."""
+        try:
+            self.execute("qom-list", {"path": path})
+        except MonitorError as exc:
+            if exc.error_class == "DeviceNotFound":
+                return False
+            raise
+        return True
+
+    def block_resize(self, node_name: str, size: int) -> None:
+        """Grow the image under the block node ``node_name`` to ``size`` bytes; the guest's
+        disk grows with it."""
+        self.execute("block_resize", {"node-name": node_name, "size": size})
+
+    # -- block graph ---------------------------------------------------------------------------
+
+    def node_for_file(self, filename: str, driver: str = "qcow2") -> str:
+        """The name of the ``driver`` node that has ``filename`` open.
+
+        :raise MonitorError: no such node (or the query failed).
+        """
+        for node in self.query_named_block_nodes():
+            if node.get("drv") == driver and node.get("file") == filename:
+                return str(node["node-name"])
+        raise MonitorError("query-named-block-nodes", f"no {driver} node has {filename} open")
+
+    def blockdev_add(self, options: dict[str, object]) -> None:
+        """Open a block node (``blockdev-add``); ``options`` name its driver and node name."""
+        self.execute("blockdev-add", options)
+
+    def blockdev_del(self, node_name: str) -> None:
+        """Close a block node that nothing uses any more (``blockdev-del``)."""
+        self.execute("blockdev-del", {"node-name": node_name})
+
+    def transaction(self, actions: list[dict[str, object]]) -> None:
+        """Run ``actions`` atomically (``transaction``): all of them happen, or none does.
+
+        :param actions: ``{"type": ..., "data": {...}}`` each.
+        """
+        self.execute("transaction", {"actions": actions})
+
+    def block_stream(self, job_id: str, node: str, base_node: str | None) -> None:
+        """Start copying into ``node`` whatever it reads from its backing chain above
+        ``base_node`` (all of it when ``None``); ``node`` is then backed by ``base_node``."""
+        args: dict[str, object] = {"job-id": job_id, "device": node}
+        if base_node is not None:
+            args["base-node"] = base_node
+        self.execute("block-stream", args)
+
+    def wait_job(self, job_id: str, timeout: float) -> None:
+        """Wait until block job ``job_id`` has ended (it finalises and dismisses itself).
+
+        :raise MonitorError: the job failed, was cancelled, or did not end within ``timeout``.
+        """
+        import time
+
+        deadline = time.monotonic() + timeout
+        ends = ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED", "BLOCK_JOB_ERROR")
+        while True:
+            left = deadline - time.monotonic()
+            event = self.wait_event(ends, max(left, 0.0)) if left > 0 else None
+            if event is None:
+                raise MonitorError("block-job", f"job {job_id} did not end within {timeout:.0f} s")
+            data = event.get("data", {})
+            if data.get("device") != job_id:
+                continue
+            if event["event"] == "BLOCK_JOB_CANCELLED":
+                raise MonitorError("block-job", f"job {job_id} was cancelled")
+            if event["event"] == "BLOCK_JOB_ERROR":
+                raise MonitorError("block-job", f"job {job_id}: I/O error ({data})")
+            if data.get("error"):
+                raise MonitorError("block-job", f"job {job_id}: {data['error']}")
+            return

@@ -48,9 +48,16 @@ class VmPaths:
     ovmf_vars: str | None = None
     #: The cloud-init NoCloud seed (an ISO 9660 image), attached when the spec asks for it.
     seed_iso: str | None = None
+    #: The volumes attached to the VM, by device id (see :mod:`corral.qemu.volume_nodes`).
+    volumes: dict[str, ImageLayer] = field(default_factory=dict)
 
     @classmethod
-    def for_dir(cls, root: str, disks: dict[str, DiskFiles] | None = None) -> VmPaths:
+    def for_dir(
+        cls,
+        root: str,
+        disks: dict[str, DiskFiles] | None = None,
+        volumes: dict[str, ImageLayer] | None = None,
+    ) -> VmPaths:
         """The standard layout inside ``root``."""
         return cls(
             root=root,
@@ -63,4 +70,5 @@ class VmPaths:
             disks=dict(disks or {}),
             ovmf_vars=f"{root}/OVMF_VARS.fd",
             seed_iso=f"{root}/seed.iso",
+            volumes=dict(volumes or {}),
         )

@@ -200,6 +200,32 @@ class VncSpec(_Frozen):
         return self
 
 
+class CdromSpec(_Frozen):
+    """A removable CD-ROM drive (IDE, on the pc and q35 families): empty, or with an ISO in it.
+
+    The medium can change while the VM runs (``corral cdrom insert`` / ``eject``); the spec
+    holds the one in the tray, so a restart keeps it.
+    """
+
+    #: Host path of the ISO image in the tray (attached raw and read-only); ``None``: empty.
+    path: str | None = None
+    #: Boot from it before the first disk (firmware boot).
+    boot: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def check_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or "\x00" in value):
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def check_boot(self) -> CdromSpec:
+        if self.boot and self.path is None:
+            raise ValueError("booting from the CD-ROM needs an ISO in it")
+        return self
+
+
 class VmSpec(_Frozen):
     """Everything needed to run one VM, independent of the host it runs on."""
 
@@ -219,6 +245,8 @@ class VmSpec(_Frozen):
     #: Attach the VM's cloud-init NoCloud seed (``seed.iso``, volume ``cidata``) as a
     #: read-only virtio disk after its own disks.
     seed: bool = False
+    #: A removable CD-ROM drive; ``None``: none.
+    cdrom: CdromSpec | None = None
 
     @field_serializer("memory")
     def dump_memory(self, value: int) -> str:
@@ -265,6 +293,10 @@ class VmSpec(_Frozen):
             raise ValueError("machine 'microvm' has no firmware disk boot; use kernel boot")
         if self.machine == "microvm" and any(n.model == "e1000" for n in self.nics):
             raise ValueError("machine 'microvm' has no PCI bus for e1000; use virtio-net-pci")
+        if self.machine == "microvm" and self.cdrom is not None:
+            raise ValueError("machine 'microvm' has no IDE bus for a CD-ROM drive")
+        if self.cdrom is not None and self.cdrom.boot and self.boot.kind != "firmware":
+            raise ValueError("booting from the CD-ROM needs firmware boot")
         return self
 
     def nic_mac(self, index: int) -> str:

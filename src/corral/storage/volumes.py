@@ -132,3 +132,25 @@ def volume_usage(path: Path, fmt: VolumeFormat) -> DiskUsage:
     :raise ImageError: it cannot be read as ``fmt``.
     """
     return disk_usage(path, fmt)
+
+
+def check_growth(current: int, new: int, field: str = "size") -> None:
+    """A volume only grows: a guest's file system does not survive losing its end.
+
+    :raise InvalidInput: ``new`` is not larger than ``current``.
+    """
+    if new <= current:
+        raise InvalidInput(
+            field,
+            f"{format_size(new)} is not larger than the volume's {format_size(current)}: "
+            "a volume only grows",
+        )
+
+
+def grow_volume_file(path: Path, fmt: VolumeFormat, size: int) -> None:
+    """Grow a volume that no running VM has open to ``size`` bytes (``qemu-img resize``,
+    the format named).
+
+    :raise ToolError: qemu-img failed (the file keeps its size).
+    """
+    img.resize(path, fmt, size)

@@ -87,6 +87,10 @@ class VmRow(Base):
     instance_id: Mapped[str | None] = mapped_column(String(32))
     #: The user ``corral ssh`` logs in as (from the image).
     ssh_user: Mapped[str | None] = mapped_column(String(32))
+    #: Where snapshots left the disks, as JSON: ``{"current": <snapshot id or null>,
+    #: "disks": {<disk>: [<file>, ...]}}``, files inside the VM's directory, top first, the
+    #: image not included. ``None`` until the first snapshot: each disk is ``<disk>.qcow2``.
+    disk_chain: Mapped[str | None] = mapped_column(Text)
 
 
 class ImageRow(Base):
@@ -341,3 +345,39 @@ class TaskRow(Base):
     #: The corrald instance that runs it; another instance finding it unfinished knows it
     #: was interrupted.
     daemon_id: Mapped[str] = mapped_column(String(36))
+
+
+class SnapshotRow(Base):
+    """A snapshot of a VM's disks: one node of the VM's snapshot tree.
+
+    Its frozen files (one per disk, inside the VM's directory) are read-only from the moment
+    it is taken; the VM's position in the tree is :attr:`VmRow.disk_chain`. Deleting the VM
+    deletes its snapshots.
+    """
+
+    __tablename__ = "snapshots"
+    __table_args__ = (
+        UniqueConstraint("vm_id", "name", name="uq_snapshots_vm_id_name"),
+        CheckConstraint("kind IN ('disk')", name="ck_snapshots_kind"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey("vms.id", name="fk_snapshots_vm_id_vms", ondelete="CASCADE"),
+        index=True,
+    )
+    #: Unique within the VM.
+    name: Mapped[str] = mapped_column(String(63))
+    description: Mapped[str] = mapped_column(Text, default="")
+    #: ``disk`` (the disks only); a later migration adds ``memory`` (RAM and device state).
+    kind: Mapped[str] = mapped_column(String(16), default="disk")
+    #: The snapshot it was taken after (its parent in the tree); ``None`` for a root.
+    parent_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("snapshots.id", name="fk_snapshots_parent_id_snapshots")
+    )
+    #: The frozen file of each disk, as JSON: ``{<disk>: <file>}``.
+    layers: Mapped[str] = mapped_column(Text)
+    #: The VM's state when it was taken (``running``, ``shutoff``, ...).
+    vm_state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

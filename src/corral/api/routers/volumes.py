@@ -3,7 +3,9 @@
 A volume's name is unique within its project. The endpoints that name one take
 ``?project=``; without it, the volume is the one of that name in the caller's projects, and
 a name in several of them is a 422 on ``project``. Creating a volume is instant (a blank
-qcow2 or a sparse raw file), so ``POST`` answers 201 with it, not a task.
+qcow2 or a sparse raw file), so ``POST`` answers 201 with it, not a task. Attaching,
+detaching and resizing answer with the volume too: each is bounded (hotplug takes a
+fraction of a second; a detach waits for the guest at most its ``timeout``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.routers.paging import Limit, Offset
 from corral.api.schemas import ERRORS, ErrorRead, Page
-from corral.api.schemas.volumes import VolumeCreate, VolumeRead, VolumeUpdate
+from corral.api.schemas.volumes import (
+    VolumeAttach,
+    VolumeCreate,
+    VolumeDetach,
+    VolumeRead,
+    VolumeResize,
+    VolumeUpdate,
+)
 from corral.compute.volumes import VolumeView
 from corral.spec.vm import NAME_PATTERN
 
@@ -180,3 +189,71 @@ def delete_volume(
     from corral.compute.volumes import delete_volume as delete
 
     delete(ctx, principal, name, project)
+
+
+#: ``responses=`` of ``POST /volumes/{name}/attach``.
+ATTACH_RESPONSES = VOLUME_RESPONSES | {
+    403: _error("The caller's role may not change the volume or the VM."),
+    404: _error("No such volume or VM (or not in the caller's projects)."),
+    409: _error(
+        "The volume is attached (the VM named), or the VM is starting or stopping (the state "
+        "named), or it runs on a machine without hotplug."
+    ),
+    422: _error("The VM is in another project (field vm)."),
+}
+#: ``responses=`` of ``POST /volumes/{name}/detach``.
+DETACH_RESPONSES = VOLUME_RESPONSES | {
+    403: _error("The caller's role may not change it."),
+    409: _error("It is not attached, or its VM is starting or stopping (the state named)."),
+    504: _error("The guest did not release the disk in time; the volume stays attached."),
+}
+#: ``responses=`` of ``POST /volumes/{name}/resize``.
+RESIZE_RESPONSES = VOLUME_RESPONSES | {
+    403: _error("The caller's role may not change it, or the disk quota (named) is exceeded."),
+    409: _error("The datastore is too small, or its VM is starting or stopping."),
+    422: _error("Not a size, or not larger than the current one (field size)."),
+}
+
+
+@router.post("/{name}/attach", responses=ATTACH_RESPONSES)
+def attach_volume(
+    ctx: CorralDep,
+    principal: PrincipalDep,
+    name: VolumeName,
+    body: VolumeAttach,
+    project: Project = None,
+) -> VolumeRead:
+    """Attach a volume to a VM of its project: hot-plugged into a running VM, or from a
+    stopped VM's next start."""
+    from corral.compute.volume_attach import attach_volume as attach
+
+    return volume_read(attach(ctx, principal, name, body.vm, project))
+
+
+@router.post("/{name}/detach", responses=DETACH_RESPONSES)
+def detach_volume(
+    ctx: CorralDep,
+    principal: PrincipalDep,
+    name: VolumeName,
+    body: VolumeDetach | None = None,
+    project: Project = None,
+) -> VolumeRead:
+    """Detach a volume from its VM; a running guest releases the disk first."""
+    from corral.compute.volume_attach import detach_volume as detach
+
+    timeout = (body or VolumeDetach()).timeout
+    return volume_read(detach(ctx, principal, name, project, timeout))
+
+
+@router.post("/{name}/resize", responses=RESIZE_RESPONSES)
+def resize_volume(
+    ctx: CorralDep,
+    principal: PrincipalDep,
+    name: VolumeName,
+    body: VolumeResize,
+    project: Project = None,
+) -> VolumeRead:
+    """Grow a volume; a running guest it is attached to sees the new size at once."""
+    from corral.compute.volume_attach import resize_volume as resize
+
+    return volume_read(resize(ctx, principal, name, body.size, project))

@@ -86,3 +86,48 @@ class VolumeUpdate(Create):
     @classmethod
     def check_name(cls, value: str | None) -> str | None:
         return None if value is None else _name(value)
+
+
+class VolumeAttach(Create):
+    """``POST /volumes/{name}/attach``: the VM it goes to."""
+
+    vm: str = Field(
+        max_length=63,
+        description="A VM of the volume's project. A running one gets it at once (hotplug); "
+        "a stopped one at its next start.",
+        examples=["web1"],
+    )
+
+    @field_validator("vm")
+    @classmethod
+    def check_vm(cls, value: str) -> str:
+        return _name(value)
+
+
+class VolumeDetach(Create):
+    """``POST /volumes/{name}/detach``: how long a running guest has to release it."""
+
+    timeout: float = Field(
+        default=10.0,
+        ge=1,
+        le=120,
+        description="Seconds the guest of a running VM has to release the disk; past them "
+        "the answer is 504 and the volume stays attached.",
+    )
+
+
+class VolumeResize(Create):
+    """``POST /volumes/{name}/resize``: the new, larger size."""
+
+    size: str | int = Field(
+        description="The new provisioned size: '20G' or bytes; larger than the current one.",
+        examples=["20G"],
+    )
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def check_size(cls, value: object) -> object:
+        try:
+            return parse_volume_size(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.reason) from None

@@ -1,0 +1,430 @@
+"""Disk snapshots of VMs: take one, list the tree, revert to one, delete one.
+
+The plans come from :mod:`corral.storage.snapshots` (pure); this module applies them under
+the VM's lock:
+
+* **create**, running or stopped: a new qcow2 overlay per writable disk, on the disk's top
+  file (``qemu-img create -b <top> -F qcow2``: metadata only, so instant whatever the disk's
+  size). While QEMU runs, the overlays are opened with ``blockdev-add`` and switched in by
+  one QMP ``transaction`` of ``blockdev-snapshot`` actions, all disks or none. If anything
+  fails, the added nodes are closed and the new files removed; no record is written. The
+  snapshot's row and the VM's new chain are committed together, after the switch.
+* **revert**, stopped only (a disk-only snapshot has no memory to go back to): new empty
+  overlays on the snapshot's frozen files are made, the VM's chain recorded, then the old
+  tops removed. Every other snapshot stays.
+* **delete**, running or stopped: the snapshot's frozen file is merged into the one file
+  built on it (``block-stream`` by QEMU when that file is in the running chain, a safe
+  ``qemu-img rebase`` otherwise), which is then backed by what backed the deleted layer.
+  Only that one file is written: never another snapshot's layer, never the shared image.
+  Then the row goes and the files are removed. A merge that stops half-way leaves data
+  intact (the file built on the layer holds a copy of what it read through it) and the
+  same delete can be run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from corral.compute import records
+from corral.compute.context import Corral
+from corral.compute.lifecycle import Progress, holding, quiet
+from corral.compute.records import Vm
+from corral.compute.state import Op, VmState, require
+from corral.errors import AlreadyExists, CorralError, MonitorError
+from corral.qemu import img
+from corral.qemu.argv import overlay_nodes
+from corral.qemu.monitor import Monitor, snapshot_action
+from corral.storage.disks import DISK_MODE
+from corral.storage.snapshots import (
+    Chain,
+    CreatePlan,
+    DeletePlan,
+    Merge,
+    RevertPlan,
+    SnapNode,
+    Tree,
+    all_chains,
+    check_description,
+    check_snapshot_name,
+    describe_delete,
+    describe_revert,
+    plan_create,
+    plan_delete,
+    plan_revert,
+)
+from corral.store.models import SnapshotRow, as_utc
+
+#: Seconds a merge by QEMU may take before the delete fails (the data stays intact).
+MERGE_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class SnapshotView:
+    """A snapshot as the listing shows it."""
+
+    name: str
+    description: str
+    kind: str
+    #: The parent snapshot's name; ``None`` for a root of the tree.
+    parent: str | None
+    #: Whether the VM's disks sit on it now.
+    current: bool
+    #: The VM's state when it was taken.
+    vm_state: str
+    created_at: datetime
+    #: Frozen file of each disk.
+    layers: dict[str, str]
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def _rows(session: Session, vm: Vm) -> list[SnapshotRow]:
+    query = select(SnapshotRow).where(SnapshotRow.vm_id == vm.row.id)
+    return list(session.scalars(query.order_by(SnapshotRow.created_at, SnapshotRow.name)))
+
+
+def _tree(rows: list[SnapshotRow]) -> Tree:
+    return Tree({r.id: SnapNode(r.id, r.name, r.parent_id, json.loads(r.layers)) for r in rows})
+
+
+def _chain(vm: Vm) -> Chain:
+    """Where the VM's disks are: from the record, or ``<disk>.qcow2`` for each writable disk."""
+    if vm.row.disk_chain:
+        saved = json.loads(vm.row.disk_chain)
+        return Chain(saved["current"], {d: files[0] for d, files in saved["disks"].items()})
+    return Chain.initial([d.name for d in vm.spec.disks if not d.readonly])
+
+
+def _record_chain(vm: Vm, tree: Tree, chain: Chain) -> None:
+    vm.row.disk_chain = json.dumps(
+        {"current": chain.current, "disks": all_chains(tree, chain)}, sort_keys=True
+    )
+
+
+def list_snapshots(ctx: Corral, name: str) -> list[SnapshotView]:
+    """VM ``name``'s snapshots, oldest first.
+
+    :raise NotFound: no such VM.
+    """
+    with ctx.db.session() as session:
+        vm = records.load(ctx, session, name)
+        rows = _rows(session, vm)
+        current = _chain(vm).current
+        names = {r.id: r.name for r in rows}
+        return [
+            SnapshotView(
+                name=r.name,
+                description=r.description,
+                kind=r.kind,
+                parent=names.get(r.parent_id) if r.parent_id else None,
+                current=r.id == current,
+                vm_state=r.vm_state,
+                created_at=as_utc(r.created_at),
+                layers=json.loads(r.layers),
+            )
+            for r in rows
+        ]
+
+
+def get_snapshot(ctx: Corral, name: str, snap: str) -> SnapshotView:
+    """One snapshot of VM ``name``.
+
+    :raise NotFound: no such VM or snapshot.
+    """
+    from corral.errors import NotFound
+
+    for view in list_snapshots(ctx, name):
+        if view.name == snap:
+            return view
+    raise NotFound("snapshot", f"{name}/{snap}")
+
+
+def _file(vm: Vm, name: str) -> Path:
+    return Path(vm.paths.root) / name
+
+
+def _image(vm: Vm, disk: str) -> str | None:
+    """The image file below a disk's chain, if it is a clone."""
+    files = vm.paths.disks[disk]
+    last = files.backing[-1].path if files.backing else None
+    if last is not None and not last.startswith(vm.paths.root + "/"):
+        return last
+    return None
+
+
+def _prepare(ctx: Corral, name: str, op: Op) -> None:
+    """Reconcile VM ``name`` and check ``op`` may run in its state (caller holds the lock)."""
+    with ctx.db.session() as session:
+        vm = records.load(ctx, session, name)
+        records.reconcile(vm)
+        require(name, op, vm.state)
+
+
+def _live(vm: Vm) -> bool:
+    return vm.state in (VmState.RUNNING, VmState.PAUSED)
+
+
+def _new_overlay(path: Path, backing: Path) -> None:
+    """A new empty qcow2 on ``backing`` (which the new file names by absolute path).
+
+    :raise AlreadyExists: ``path`` exists.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, DISK_MODE))
+    except FileExistsError as exc:
+        raise AlreadyExists("disk", str(path)) from exc
+    try:
+        img.create_overlay(path, backing.absolute(), "qcow2")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _token() -> str:
+    return secrets.token_hex(4)
+
+
+# -- create -----------------------------------------------------------------------------------
+
+
+def check_create(ctx: Corral, name: str, snap: str, description: str = "") -> None:
+    """What can be checked before a snapshot is queued: its name, free in the VM.
+
+    :raise InvalidInput: a bad name or description.
+    :raise AlreadyExists: the VM has a snapshot of that name.
+    :raise NotFound: no such VM.
+    """
+    check_snapshot_name(snap)
+    check_description(description)
+    with ctx.db.session() as session:
+        vm = records.load(ctx, session, name)
+        if any(r.name == snap for r in _rows(session, vm)):
+            raise AlreadyExists("snapshot", f"{name}/{snap}")
+
+
+def create_snapshot(
+    ctx: Corral, name: str, snap: str, description: str = "", progress: Progress = quiet
+) -> SnapshotView:
+    """Snapshot every writable disk of VM ``name``, running or not, atomically.
+
+    :raise InvalidInput: a bad name or description.
+    :raise AlreadyExists: the name is taken.
+    :raise StateError: the VM is starting or stopping.
+    :raise MonitorError: QEMU refused the switch (nothing is left of the attempt).
+    :raise ToolError: qemu-img could not make an overlay (likewise).
+    """
+    check_snapshot_name(snap)
+    check_description(description)
+    with holding(ctx, name, progress):
+        _prepare(ctx, name, Op.SNAPSHOT)
+        progress(10, "making overlays")
+        with ctx.db.session() as session:
+            vm = records.load(ctx, session, name)
+            tree, chain = _tree(_rows(session, vm)), _chain(vm)
+            plan = plan_create(tree, chain, str(uuid.uuid4()), snap, _token())
+            made: list[Path] = []
+            try:
+                for overlay in plan.overlays:
+                    path = _file(vm, overlay.overlay)
+                    _new_overlay(path, _file(vm, overlay.frozen))
+                    made.append(path)
+                if _live(vm):
+                    progress(50, "switching the disks to the overlays")
+                    _switch_live(vm, plan)
+                session.add(
+                    SnapshotRow(
+                        id=plan.node.id,
+                        vm_id=vm.row.id,
+                        name=snap,
+                        description=description,
+                        kind="disk",
+                        parent_id=plan.node.parent,
+                        layers=json.dumps(dict(plan.node.layers), sort_keys=True),
+                        vm_state=vm.state.value,
+                    )
+                )
+                _record_chain(vm, Tree({**tree.nodes, plan.node.id: plan.node}), plan.chain)
+                session.flush()
+            except BaseException:
+                for path in made:
+                    path.unlink(missing_ok=True)
+                raise
+        progress(95, f"snapshot {snap} taken")
+    return get_snapshot(ctx, name, snap)
+
+
+def _switch_live(vm: Vm, plan: CreatePlan) -> None:
+    """Open the new overlays in QEMU and put them on the disks in one transaction; on any
+    failure close what was opened.
+
+    :raise MonitorError: QEMU refused (the guest goes on writing to its old files).
+    """
+    specs = {d.name: d for d in vm.spec.disks}
+    with Monitor(vm.paths.qmp_socket) as mon:
+        added: list[str] = []
+        try:
+            actions = []
+            for overlay in plan.overlays:
+                top = mon.node_for_file(str(_file(vm, overlay.frozen)))
+                tag = "s" + overlay.overlay.rsplit("-", 1)[1].removesuffix(".qcow2")
+                nodes = overlay_nodes(specs[overlay.disk], str(_file(vm, overlay.overlay)), tag)
+                for node in nodes:
+                    mon.blockdev_add(node)
+                    added.append(str(node["node-name"]))
+                actions.append(snapshot_action(top, str(nodes[-1]["node-name"])))
+            mon.transaction(actions)
+        except BaseException:
+            for node_name in reversed(added):
+                with contextlib.suppress(MonitorError):
+                    mon.blockdev_del(node_name)
+            raise
+
+
+# -- revert -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What an operation will do, in lines for a person."""
+
+    lines: list[str]
+
+
+def _revert_plan(ctx: Corral, name: str, snap: str) -> tuple[RevertPlan, bool]:
+    with ctx.db.session() as session:
+        vm = records.load(ctx, session, name)
+        tree, chain = _tree(_rows(session, vm)), _chain(vm)
+        plan = plan_revert(tree, chain, snap, name, _token())
+        unsaved = any(img.has_own_data(_file(vm, top)) for top in plan.discarded)
+        return plan, unsaved
+
+
+def preview_revert(ctx: Corral, name: str, snap: str) -> Preview:
+    """What reverting VM ``name`` to ``snap`` loses and keeps; nothing changes.
+
+    :raise NotFound: no such VM or snapshot.
+    """
+    plan, unsaved = _revert_plan(ctx, name, snap)
+    return Preview(describe_revert(plan, name, unsaved))
+
+
+def revert_snapshot(ctx: Corral, name: str, snap: str, progress: Progress = quiet) -> Preview:
+    """Put VM ``name``'s disks back to snapshot ``snap``; what was written since the VM's
+    last snapshot is thrown away.
+
+    :raise NotFound: no such snapshot.
+    :raise StateError: the VM is not stopped ("stop it first").
+    """
+    with holding(ctx, name, progress):
+        _prepare(ctx, name, Op.REVERT)
+        plan, unsaved = _revert_plan(ctx, name, snap)
+        said = describe_revert(plan, name, unsaved)
+        progress(30, f"making overlays on snapshot {snap}")
+        with ctx.db.session() as session:
+            vm = records.load(ctx, session, name)
+            made: list[Path] = []
+            try:
+                for overlay in plan.overlays:
+                    path = _file(vm, overlay.overlay)
+                    _new_overlay(path, _file(vm, overlay.frozen))
+                    made.append(path)
+                _record_chain(vm, _tree(_rows(session, vm)), plan.chain)
+                session.flush()
+            except BaseException:
+                for path in made:
+                    path.unlink(missing_ok=True)
+                raise
+        progress(80, "removing the discarded overlays")
+        for top in plan.discarded:
+            _file(vm, top).unlink(missing_ok=True)
+        progress(95, f"reverted to {snap}")
+        return Preview(said)
+
+
+# -- delete -----------------------------------------------------------------------------------
+
+
+def _delete_plan(ctx: Corral, name: str, snap: str) -> tuple[DeletePlan, bool]:
+    """The plan, and whether the VM runs."""
+    with ctx.db.session() as session:
+        vm = records.load(ctx, session, name)
+        return plan_delete(_tree(_rows(session, vm)), _chain(vm), snap, name), _live(vm)
+
+
+def preview_delete(ctx: Corral, name: str, snap: str) -> Preview:
+    """What deleting snapshot ``snap`` merges into what; nothing changes.
+
+    :raise NotFound: no such VM or snapshot.
+    :raise Conflict: two layers are built on the snapshot.
+    """
+    plan, running = _delete_plan(ctx, name, snap)
+    return Preview(describe_delete(plan, name, running))
+
+
+def delete_snapshot(ctx: Corral, name: str, snap: str, progress: Progress = quiet) -> Preview:
+    """Delete snapshot ``snap`` of VM ``name`` (running or not), merging its layer into the
+    one built on it.
+
+    :raise NotFound: no such snapshot.
+    :raise Conflict: two layers are built on it.
+    :raise StateError: the VM is starting or stopping.
+    :raise MonitorError: QEMU's merge failed (data intact; the delete can be run again).
+    :raise ToolError: qemu-img's merge failed (likewise).
+    """
+    with holding(ctx, name, progress):
+        _prepare(ctx, name, Op.SNAPSHOT_DELETE)
+        plan, running = _delete_plan(ctx, name, snap)
+        said = describe_delete(plan, name, running)
+        with ctx.db.session() as session:
+            vm = records.load(ctx, session, name)
+        for index, merge in enumerate(plan.merges):
+            progress(
+                10 + 70 * index // len(plan.merges), f"merging {merge.layer} into {merge.into}"
+            )
+            _merge(vm, merge)
+        with ctx.db.session() as session:
+            vm = records.load(ctx, session, name)
+            rows = {r.id: r for r in _rows(session, vm)}
+            for node_id, node in plan.tree.nodes.items():
+                rows[node_id].parent_id = node.parent
+            session.flush()
+            session.delete(rows[plan.target.id])
+            _record_chain(vm, plan.tree, plan.chain)
+        progress(90, "removing the merged files")
+        for file in plan.removed:
+            _file(vm, file).unlink(missing_ok=True)
+        progress(95, f"snapshot {snap} deleted")
+        return Preview(said)
+
+
+def _merge(vm: Vm, merge: Merge) -> None:
+    """Copy ``merge.layer`` into ``merge.into``, which is then backed by what backed it."""
+    backing = str(_file(vm, merge.backing)) if merge.backing else _image(vm, merge.disk)
+    into = str(_file(vm, merge.into))
+    if not (merge.live and _live(vm)):
+        img.rebase(into, backing, "qcow2")
+        return
+    layer = str(_file(vm, merge.layer))
+    job = f"corral-merge-{merge.disk}"
+    with Monitor(vm.paths.qmp_socket) as mon:
+        base_node = mon.node_for_file(backing) if backing else None
+        mon.block_stream(job, mon.node_for_file(into), base_node)
+        mon.wait_job(job, MERGE_TIMEOUT)
+        for driver in ("qcow2", "file"):
+            try:
+                node = mon.node_for_file(layer, driver)
+            except MonitorError:
+                continue  # closed by an earlier attempt
+            with contextlib.suppress(CorralError):
+                mon.blockdev_del(node)

@@ -1,0 +1,119 @@
+"""The pure snapshot plans: chains, create, revert and delete, without a file touched."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from corral.storage.snapshots import (
+    CURRENT_STATE,
+    Chain,
+    Tree,
+    all_chains,
+    describe_delete,
+    describe_revert,
+    plan_create,
+    plan_delete,
+    plan_revert,
+)
+
+
+def _take(tree: Tree, chain: Chain, name: str) -> tuple[Tree, Chain]:
+    plan = plan_create(tree, chain, f"id-{name}", name, name)
+    return Tree({**tree.nodes, plan.node.id: plan.node}), plan.chain
+
+
+def _line(count: int) -> tuple[Tree, Chain]:
+    """s1 <- s2 <- ... in a line, the VM on the last one; two disks."""
+    tree, chain = Tree(), Chain.initial(["root", "data"])
+    for i in range(1, count + 1):
+        tree, chain = _take(tree, chain, f"s{i}")
+    return tree, chain
+
+
+def test_create_freezes_every_top_and_chains_overlays() -> None:
+    tree, chain = _line(2)
+    assert chain.current == "id-s2"
+    assert all_chains(tree, chain) == {
+        "root": ["root-s2.qcow2", "root-s1.qcow2", "root.qcow2"],
+        "data": ["data-s2.qcow2", "data-s1.qcow2", "data.qcow2"],
+    }
+    assert tree.nodes["id-s2"].parent == "id-s1"
+    assert tree.nodes["id-s1"].layers == {"root": "root.qcow2", "data": "data.qcow2"}
+
+
+def test_create_refuses_a_taken_or_bad_name() -> None:
+    tree, chain = _line(1)
+    with pytest.raises(AlreadyExists):
+        plan_create(tree, chain, "x", "s1", "t")
+    with pytest.raises(InvalidInput) as caught:
+        plan_create(tree, chain, "x", "Bad Name", "t")
+    assert caught.value.field == "name"
+
+
+def test_revert_discards_tops_keeps_every_snapshot_and_branches() -> None:
+    tree, chain = _line(3)
+    plan = plan_revert(tree, chain, "s1", "vm", "r1")
+    assert plan.discarded == ("data-s3.qcow2", "root-s3.qcow2")
+    assert plan.since == "s3"
+    assert plan.chain.current == "id-s1"
+    assert all_chains(tree, plan.chain)["root"] == ["root-r1.qcow2", "root.qcow2"]
+    lines = describe_revert(plan, "vm", unsaved=True)
+    assert lines[0].startswith("LOST: what vm 'vm' wrote since snapshot 's3'")
+    assert "every snapshot stays in the tree" in lines
+    assert describe_revert(plan, "vm", unsaved=False)[0].startswith("nothing is lost")
+    with pytest.raises(NotFound):
+        plan_revert(tree, chain, "nope", "vm", "r")
+
+
+def test_delete_middle_merges_into_the_child_and_relinks_it() -> None:
+    tree, chain = _line(3)
+    plan = plan_delete(tree, chain, "s2", "vm")
+    merge = {m.disk: m for m in plan.merges}["root"]
+    assert (merge.layer, merge.into, merge.backing, merge.live) == (
+        "root-s1.qcow2",
+        "root-s2.qcow2",
+        "root.qcow2",
+        True,
+    )
+    assert plan.tree.nodes["id-s3"].parent == "id-s1"
+    assert "id-s2" not in plan.tree.nodes
+    assert all_chains(plan.tree, plan.chain)["root"] == [
+        "root-s3.qcow2",
+        "root-s2.qcow2",
+        "root.qcow2",
+    ]
+    lines = describe_delete(plan, "vm", running=True)
+    assert lines[0] == "snapshot 's2' is merged into s3 of vm 'vm'"
+    assert "(by QEMU while the VM runs)" in lines[1]
+    assert "(with qemu-img)" in describe_delete(plan, "vm", running=False)[1]
+
+
+def test_delete_of_the_current_root_merges_into_the_vm_over_the_image() -> None:
+    tree, chain = _line(1)
+    plan = plan_delete(tree, chain, "s1", "vm")
+    assert plan.absorbed_by == CURRENT_STATE
+    assert {(m.layer, m.into, m.backing) for m in plan.merges} == {
+        ("root.qcow2", "root-s1.qcow2", None),
+        ("data.qcow2", "data-s1.qcow2", None),
+    }
+    assert plan.chain.current is None
+    assert all_chains(plan.tree, plan.chain)["root"] == ["root-s1.qcow2"]
+
+
+def test_delete_refuses_a_snapshot_two_layers_are_built_on() -> None:
+    tree, chain = _line(2)
+    back = plan_revert(tree, chain, "s1", "vm", "r1").chain  # the VM and s2 both on s1
+    with pytest.raises(Conflict, match="2 layers are built on it"):
+        plan_delete(tree, back, "s1", "vm")
+
+
+def test_delete_of_a_branch_leaf_off_the_vm_is_offline_or_a_plain_removal() -> None:
+    tree, chain = _line(3)
+    back = plan_revert(tree, chain, "s1", "vm", "r1").chain
+    leaf = plan_delete(tree, back, "s3", "vm")
+    assert leaf.merges == ()
+    assert leaf.removed == ("data-s2.qcow2", "root-s2.qcow2")
+    middle = plan_delete(tree, back, "s2", "vm")
+    assert all(not m.live for m in middle.merges)
+    assert middle.chain == back

@@ -145,9 +145,13 @@ def test_odd_values_are_404_or_422(admin_schema: Any, subtests: pytest.Subtests)
         for parameter in operation.iter_parameters():
             if parameter.location not in ("path", "query"):
                 continue
+            # The other path parameters name something plausible, so the odd one is judged.
+            others = {p.name: "x" for p in operation.path_parameters if p.name != parameter.name}
             for value in ODD_VALUES:
-                where = "path_parameters" if parameter.location == "path" else "query"
-                case = operation.Case(**{where: {parameter.name: value}})
+                if parameter.location == "path":
+                    case = operation.Case(path_parameters={**others, parameter.name: value})
+                else:
+                    case = operation.Case(query={parameter.name: value})
                 if parameter.location == "query" and operation.path_parameters:
                     continue  # the generated runs cover the query of a lookup by name
                 with subtests.test(operation=operation.label, **{parameter.name: value[:20]}):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from corral.compute import lifecycle, snapshots
 from corral.compute.context import Corral
 from corral.errors import MonitorError, StateError
-from corral.qemu import monitor
+from corral.qemu import monitor, vmstate
 from tests.integration.conftest import GuestShell, cli
 
 
@@ -146,3 +147,110 @@ def test_cli_draws_the_tree_and_previews(ctx: Corral, vm: str) -> None:
     _check_clean(ctx, vm)
     bad = cli(home, "snapshot", "create", vm, "Bad Name")
     assert bad.returncode != 0 and "name" in bad.stderr
+
+
+# -- snapshots with memory ----------------------------------------------------------------------
+
+_COUNTER = "( i=0; while :; do i=$((i+1)); echo $i > /tmp/c; sleep 0.2; done ) & :"
+
+
+def _count(shell: GuestShell) -> int:
+    return int(shell.run("cat /tmp/c").strip())
+
+
+def _count_reaches(shell: GuestShell, value: int, timeout: float = 60.0) -> int:
+    """The guest's counter once it is at least ``value`` (each look is a round trip to the
+    guest's shell, within a deadline)."""
+    deadline = time.monotonic() + timeout
+    while (seen := _count(shell)) < value:
+        assert time.monotonic() < deadline, f"the counter stayed at {seen} (< {value})"
+    return seen
+
+
+def _qmp_status(ctx: Corral, vm: str) -> str:
+    with monitor.Monitor(str(ctx.home.vm_dir(vm) / "qmp.sock")) as mon:
+        return mon.query_status()
+
+
+def test_a_memory_snapshot_resumes_the_guest_where_it_was(
+    ctx: Corral, vm: str, shell: GuestShell
+) -> None:
+    lifecycle.start(ctx, vm, wait=True)
+    shell.run(_COUNTER)
+    before = _count_reaches(shell, 3)
+    view = snapshots.create_snapshot(ctx, vm, "full", "counter running", memory=True)
+    after = _count(shell)
+    assert (view.kind, view.vm_state, view.current) == ("memory", "running", True)
+    assert view.memory_file is not None
+    state_file = ctx.home.vm_dir(vm) / view.memory_file
+    assert state_file.stat().st_size > 0
+    assert _qmp_status(ctx, vm) == "running"
+    later = _count_reaches(shell, after + 20)
+    preview = snapshots.preview_revert(ctx, vm, "full").lines
+    assert preview[0].startswith(f"vm '{vm}' runs: it is destroyed first")
+    assert any("the guest is running again where it was" in line for line in preview)
+    snapshots.revert_snapshot(ctx, vm, "full")
+    assert snapshots.get_snapshot(ctx, vm, "full").current
+    assert _qmp_status(ctx, vm) == "running"
+    # The same process goes on counting from the snapshot's value, not from later's.
+    first = _count(shell)
+    assert before <= first <= after + 10 < later, (before, first, after, later)
+    assert _count_reaches(shell, first + 3) > first
+    # From a stopped VM too: the guest comes back running.
+    lifecycle.destroy(ctx, vm)
+    snapshots.revert_snapshot(ctx, vm, "full")
+    assert _qmp_status(ctx, vm) == "running"
+    assert before <= _count(shell) <= after + 10
+    # Deleting it merges its layers and removes its saved state.
+    snapshots.delete_snapshot(ctx, vm, "full")
+    assert not state_file.exists()
+    assert list(ctx.home.vm_dir(vm).glob("*.state")) == []
+    lifecycle.destroy(ctx, vm)
+    _check_clean(ctx, vm)
+
+
+def test_a_failed_save_leaves_no_snapshot_and_no_file(
+    ctx: Corral, vm: str, shell: GuestShell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(StateError, match="start it first"):
+        snapshots.create_snapshot(ctx, vm, "early", memory=True)
+    lifecycle.start(ctx, vm, wait=True)
+    before = _files(ctx, vm)
+    real = monitor.Monitor.migrate
+
+    def failing(self: monitor.Monitor, uri: str) -> None:
+        # A descriptor QEMU was never given: it refuses the migration.
+        real(self, uri.replace("corral-save", "no-such-fd"))
+
+    monkeypatch.setattr(vmstate.Monitor, "migrate", failing)
+    with pytest.raises(MonitorError, match="migrate"):
+        snapshots.create_snapshot(ctx, vm, "doomed", memory=True)
+    monkeypatch.undo()
+    assert _files(ctx, vm) == before
+    assert list(ctx.home.vm_dir(vm).glob("*.state")) == []
+    assert snapshots.list_snapshots(ctx, vm) == []
+    assert _qmp_status(ctx, vm) == "running"
+    _write(shell, "after")
+
+
+def test_cli_takes_and_reverts_a_memory_snapshot_of_a_paused_vm(
+    ctx: Corral, vm: str, shell: GuestShell
+) -> None:
+    home = ctx.home.root
+    lifecycle.start(ctx, vm, wait=True)
+    shell.run(_COUNTER)
+    _count_reaches(shell, 2)
+    lifecycle.pause(ctx, vm)
+    done = cli(home, "snapshot", "create", vm, "p1", "--memory")
+    assert done.returncode == 0, done.stderr
+    assert "with memory" in done.stdout
+    assert cli(home, "snapshot", "list", vm).stdout.startswith("p1 *  (")
+    assert ", paused, memory)" in cli(home, "snapshot", "list", vm).stdout
+    lifecycle.resume(ctx, vm)
+    _count_reaches(shell, _count(shell) + 5)
+    assert cli(home, "snapshot", "revert", vm, "p1").returncode == 0
+    # It was paused when taken: it is paused again, and runs on when resumed.
+    assert _qmp_status(ctx, vm) == "paused"
+    lifecycle.resume(ctx, vm)
+    first = _count(shell)
+    assert _count_reaches(shell, first + 2) > first

@@ -117,3 +117,25 @@ def test_delete_of_a_branch_leaf_off_the_vm_is_offline_or_a_plain_removal() -> N
     middle = plan_delete(tree, back, "s2", "vm")
     assert all(not m.live for m in middle.merges)
     assert middle.chain == back
+
+
+def test_a_memory_snapshot_names_its_state_file_and_delete_removes_it() -> None:
+    tree, chain = Tree(), Chain.initial(["root"])
+    plan = plan_create(tree, chain, "m1", "full", "abcd", memory=True)
+    assert (plan.node.kind, plan.node.memory) == ("memory", "memory-abcd.state")
+    assert plan_create(tree, chain, "d1", "disk", "abce").node.kind == "disk"
+    tree = Tree({"m1": plan.node})
+    removed = plan_delete(tree, plan.chain, "full", "vm1").removed
+    assert removed == ("root.qcow2", "memory-abcd.state")
+
+
+def test_reverting_to_memory_says_a_running_vm_is_destroyed() -> None:
+    tree, chain = Tree(), Chain.initial(["root"])
+    made = plan_create(tree, chain, "m1", "full", "abcd", memory=True)
+    tree = Tree({"m1": made.node})
+    plan = plan_revert(tree, made.chain, "full", "vm1", "efgh")
+    lines = describe_revert(plan, "vm1", unsaved=False, running=True, resume="paused")
+    assert lines[0] == "vm 'vm1' runs: it is destroyed first (LOST: its memory as it is now)"
+    assert "the guest is paused again where it was" in lines[-2]
+    stopped = describe_revert(plan, "vm1", unsaved=False, running=False, resume="running")
+    assert not stopped[0].startswith("vm 'vm1' runs")

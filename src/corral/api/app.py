@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException
 from corral import __version__
 from corral.api.routers import (
     audit,
+    clone,
+    consoles,
     host,
     images,
     keypairs,
@@ -36,6 +38,7 @@ from corral.api.routers import (
 )
 from corral.api.routers import events as events_router
 from corral.api.schemas import ErrorRead
+from corral.compute.consoles import TicketBook
 from corral.compute.context import Corral
 from corral.errors import CorralError, InvalidInput
 
@@ -87,7 +90,22 @@ def create_app(ctx: Corral) -> FastAPI:
         redoc_url=None,
     )
     app.state.corral = ctx
-    areas = (host, vms, monitor, snapshots, ssh, launch, images, types, keypairs, volumes, tasks)
+    app.state.vnc_tickets = TicketBook()
+    areas = (
+        host,
+        vms,
+        monitor,
+        consoles,
+        snapshots,
+        clone,
+        ssh,
+        launch,
+        images,
+        types,
+        keypairs,
+        volumes,
+        tasks,
+    )
     access = (projects, users, tokens, audit, login)
     for module in (*areas, *access):
         app.include_router(module.router, prefix=PREFIX)

@@ -1,41 +1,36 @@
-"""``corral console``: an interactive serial console over the VM's UNIX socket."""
+"""``corral console``: an interactive serial console through the API's websocket.
+
+It works the same against the local daemon (its UNIX socket) and a remote one (``corral
+login``): the daemon bridges the websocket to the VM's ``serial.sock``.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import selectors
-import socket
 import sys
 import termios
+import threading
 import tty
+from typing import TYPE_CHECKING
 
-from corral.compute import records
-from corral.compute.context import Corral
-from corral.compute.state import Op, require
-from corral.errors import CorralError
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
+
+    from corral.client.api import Client
 
 #: Ctrl-], as in virsh and telnet.
 ESCAPE = b"\x1d"
 
 
-def attach(ctx: Corral, name: str) -> None:
+def attach(client: Client, name: str) -> None:
     """Connect the terminal to VM ``name``'s serial console until Ctrl-] or the VM stops.
 
-    :raise StateError: the VM is not running.
-    :raise CorralError: the console is in use by another client or disabled.
+    :raise ApiError: the daemon refused (the VM is not running, not the caller's, ...).
+    :raise HostError: the daemon cannot be reached.
     """
-    with ctx.db.session() as session:
-        vm = records.load(ctx, session, name)
-        require(name, Op.CONSOLE, vm.state)
-        if not vm.spec.serial.enabled:
-            raise CorralError(f"vm {name!r} has no serial console")
-        path = vm.paths.serial_socket
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        raise CorralError(f"vm {name!r}: cannot attach to the serial console: {exc}") from exc
+    connection = client.open_console(name)
     sys.stderr.write(f"Connected to {name} (escape character is ^])\r\n")
     stdin = sys.stdin.fileno()
     interactive = os.isatty(stdin)
@@ -43,31 +38,48 @@ def attach(ctx: Corral, name: str) -> None:
     try:
         if interactive:
             tty.setraw(stdin)
-        _pump(sock, stdin, sys.stdout.fileno())
+        pump(connection, stdin, sys.stdout.fileno())
     finally:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
-        sock.close()
+        connection.close()
     sys.stderr.write(f"\nDisconnected from {name}\n")
 
 
-def _pump(sock: socket.socket, stdin: int, stdout: int) -> None:
+def pump(connection: ClientConnection, stdin: int, stdout: int) -> None:
+    """Copy ``stdin`` to the console and the console to ``stdout`` until Ctrl-] on ``stdin``,
+    the end of ``stdin``, or the end of the console."""
+    ended_r, ended_w = os.pipe()
+
+    def receive() -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            for message in connection:
+                os.write(stdout, message if isinstance(message, bytes) else message.encode())
+        except (ConnectionClosed, OSError):
+            pass
+        finally:
+            os.write(ended_w, b"x")
+
+    receiver = threading.Thread(target=receive, name="console-receive", daemon=True)
+    receiver.start()
     sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ)
     sel.register(stdin, selectors.EVENT_READ)
-    while True:
-        for key, _ in sel.select():
-            if key.fileobj is sock:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                os.write(stdout, data)
-            else:
-                data = os.read(stdin, 4096)
-                if not data:
-                    return
-                if ESCAPE in data:
-                    with contextlib.suppress(OSError):
-                        sock.sendall(data.split(ESCAPE, 1)[0])
-                    return
-                sock.sendall(data)
+    sel.register(ended_r, selectors.EVENT_READ)
+    try:
+        while not any(key.fd == ended_r for key, _ in sel.select()):
+            data = os.read(stdin, 4096)
+            if not data:
+                return
+            if ESCAPE in data:
+                with contextlib.suppress(Exception):
+                    connection.send(data.split(ESCAPE, 1)[0])
+                return
+            connection.send(data)
+    finally:
+        sel.close()
+        connection.close()
+        receiver.join(timeout=5)
+        os.close(ended_r)
+        os.close(ended_w)

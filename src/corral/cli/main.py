@@ -9,7 +9,8 @@ import typer
 
 from corral.cli import render
 from corral.cli.audit import audit_app
-from corral.cli.context import open_client, open_corral
+from corral.cli.clone import clone_cmd
+from corral.cli.context import open_client
 from corral.cli.guest import guest_app
 from corral.cli.host import host_app
 from corral.cli.image import image_app
@@ -24,6 +25,7 @@ from corral.cli.tasks import events_cmd, task_app
 from corral.cli.tokens import token_app
 from corral.cli.types import type_app
 from corral.cli.users import user_app
+from corral.cli.vnc import vnc_cmd
 from corral.cli.volumes import volume_app
 from corral.client.transport import ApiError
 from corral.errors import CorralError, GuestTimeout, LaunchError
@@ -55,6 +57,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(volume_app, name="volume")
 app.add_typer(snapshot_app, name="snapshot")
+app.command("clone")(clone_cmd)
 app.command("launch")(launch_cmd)
 app.command("ssh")(ssh_cmd)
 app.command("scp")(scp_cmd)
@@ -63,6 +66,7 @@ app.add_typer(task_app, name="task")
 app.command("events")(events_cmd)
 app.command("monitor")(monitor_cmd)
 app.command("reset")(reset_cmd)
+app.command("vnc")(vnc_cmd)
 app.add_typer(cdrom_app, name="cdrom")
 app.command("login")(login_cmd)
 app.command("logout")(logout_cmd)
@@ -188,9 +192,21 @@ def create(
         typer.Option(help="Forward a host port: [tcp|udp:][ADDR:]HOSTPORT:GUESTPORT (repeatable)."),
     ] = None,
     vnc: Annotated[bool, typer.Option(help="Add a VNC display on a UNIX socket.")] = False,
+    display: Annotated[
+        str | None,
+        typer.Option(help="none, vnc, or the host's curses, sdl or gtk where QEMU can show it."),
+    ] = None,
     firmware: Annotated[
         str, typer.Option(help="bios or uefi, for images that boot from disk.")
     ] = "bios",
+    cdrom: Annotated[
+        str | None,
+        typer.Option(help="An ISO on the daemon's host for a CD-ROM drive, booted (admins)."),
+    ] = None,
+    boot: Annotated[
+        str | None,
+        typer.Option(help="Boot first from disk, cdrom or network (iPXE); default: the ISO."),
+    ] = None,
     start: Annotated[bool, typer.Option("--start", help="Start it right away.")] = False,
     wait: Wait = False,
     project: Project = None,
@@ -214,8 +230,11 @@ def create(
                 cpu=cpu,
                 forwards=list(forward or ()),
                 vnc=vnc,
+                display=display,
                 firmware=firmware,
                 project=project or "default",
+                cdrom=cdrom,
+                boot=boot,
             )
         )
         render.out.print(f"VM {vm.name} defined ({vm.vcpus} vCPU, {render.size(vm.memory)})")
@@ -421,8 +440,8 @@ def console(name: Name) -> None:
     """Attach to a VM's serial console (detach with Ctrl-])."""
     from corral.cli.console import attach
 
-    with open_corral() as ctx:
-        attach(ctx, name)
+    with open_client() as api:
+        attach(api, name)
 
 
 @app.command()

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from corral.api.schemas.snapshots import SnapshotRead
 
 snapshot_app = typer.Typer(
-    help="Take, list, revert to and delete disk snapshots of a VM (the daemon is started if "
-    "none runs).",
+    help="Take, list, revert to and delete snapshots of a VM, of its disks or with its memory "
+    "(the daemon is started if none runs).",
     no_args_is_help=True,
 )
 
@@ -34,13 +34,21 @@ def create_cmd(
     vm: Vm,
     snap: Snap,
     description: Annotated[str, typer.Option(help="A line that says what it is for.")] = "",
+    memory: Annotated[
+        bool,
+        typer.Option(
+            "--memory",
+            help="Also save the guest's memory and device state (running or paused VM): a "
+            "revert resumes it where it was.",
+        ),
+    ] = False,
     detach: Detach = False,
 ) -> None:
-    """Snapshot a running or stopped VM's disks, all at once."""
+    """Snapshot a running or stopped VM's disks, all at once; --memory: its memory too."""
     from corral.cli.main import _finish
 
     with open_client() as api:
-        done = _finish(api, api.create_snapshot(vm, snap, description), detach)
+        done = _finish(api, api.create_snapshot(vm, snap, description, memory), detach)
     if done is not None:
         render.out.print(f"VM {vm}: {done.detail}", markup=False)
 
@@ -58,7 +66,9 @@ def tree_lines(items: list[SnapshotRead]) -> list[str]:
             mark = " *" if item.current else ""
             when = item.created_at[:19].replace("T", " ")
             text = f" - {item.description}" if item.description else ""
-            lines.append(f"{'  ' * depth}{item.name}{mark}  ({when}, {item.vm_state}){text}")
+            kind = ", memory" if item.kind == "memory" else ""
+            line = f"{item.name}{mark}  ({when}, {item.vm_state}{kind}){text}"
+            lines.append(f"{'  ' * depth}{line}")
             if item.current:
                 lines.append(f"{'  ' * (depth + 1)}(now)")
             walk(item.name, depth + 1)
@@ -91,8 +101,9 @@ def _steps(steps: list[str]) -> None:
 
 @snapshot_app.command("revert")
 def revert_cmd(vm: Vm, snap: Snap, dry_run: DryRun = False, detach: Detach = False) -> None:
-    """Put a stopped VM's disks back to a snapshot; what it wrote since its last snapshot is
-    lost (see --dry-run); every snapshot stays."""
+    """Put a stopped VM's disks back to a snapshot, or any VM to a memory snapshot (a running
+    one is destroyed first, the guest resumes where it was); what it wrote since its last
+    snapshot is lost (see --dry-run); every snapshot stays."""
     from corral.cli.main import _finish
 
     with open_client() as api:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from corral.client.access import AccessApi
 from corral.client.catalogue import CatalogueApi
+from corral.client.clone import CloneApi
+from corral.client.consoles import ConsolesApi
 from corral.client.launch import LaunchApi
 from corral.client.monitor import MonitorApi
 from corral.client.snapshots import SnapshotsApi
@@ -18,7 +20,9 @@ __all__ = ["ApiError", "Client"]
 class Client(
     VmsApi,
     MonitorApi,
+    ConsolesApi,
     SnapshotsApi,
+    CloneApi,
     CatalogueApi,
     TasksApi,
     LaunchApi,

@@ -16,9 +16,11 @@ class SnapshotsApi(Transport):
     def get_snapshot(self, vm: str, snap: str) -> SnapshotRead:
         return self._get(f"/vms/{segment(vm)}/snapshots/{segment(snap)}", SnapshotRead)
 
-    def create_snapshot(self, vm: str, name: str, description: str = "") -> TaskRead:
-        """The task that takes the snapshot."""
-        body = {"name": name, "description": description}
+    def create_snapshot(
+        self, vm: str, name: str, description: str = "", memory: bool = False
+    ) -> TaskRead:
+        """The task that takes the snapshot (with ``memory``: RAM and device state too)."""
+        body = {"name": name, "description": description, "memory": memory}
         return self._post(f"/vms/{segment(vm)}/snapshots", TaskRead, body)
 
     def revert_plan(self, vm: str, snap: str) -> SnapshotPreview:
@@ -27,7 +29,7 @@ class SnapshotsApi(Transport):
         return self._get(path, SnapshotPreview)
 
     def revert_snapshot(self, vm: str, snap: str) -> TaskRead:
-        """The task that reverts the (stopped) VM to ``snap``."""
+        """The task that reverts the VM to ``snap`` (stopped, unless a memory snapshot)."""
         path = f"/vms/{segment(vm)}/snapshots/{segment(snap)}/revert"
         return self._post(path, TaskRead, None)
 

@@ -16,22 +16,29 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from corral.access.quotas import check_project_quota, demand_of, reserving
 from corral.compute import records
+from corral.compute.clone import check_no_linked_clones
 from corral.compute.context import Corral
 from corral.compute.lifecycle import Progress, holding, quiet, vm_lock
 from corral.compute.locks import ObjectLock
 from corral.compute.ownership import image_usable, resolve_project
 from corral.compute.state import Op, VmState, require
-from corral.errors import AlreadyExists, InUse, InvalidInput, NotFound
+from corral.errors import AlreadyExists, HostError, InUse, InvalidInput, NotFound
+from corral.qemu.argv import NETBOOT_ROM
 from corral.spec import parse
 from corral.spec.vm import NAME_PATTERN, VmSpec
 from corral.store.models import ImageRow, VmRow, VolumeRow
+
+#: What firmware boots first.
+BootFrom = Literal["disk", "cdrom", "network"]
+#: Where QEMU looks for option ROMs on Debian (``qemu-system-x86_64 -L help``).
+FIRMWARE_DIRS = ("/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,8 @@ class CreateRequest:
     #: Host port forwards: ``[tcp:][ADDR:]HOSTPORT:GUESTPORT``.
     forwards: tuple[str, ...] = ()
     vnc: bool = False
+    #: The display mode (:data:`~corral.spec.vm.DisplayMode`); ``None``: as ``vnc`` says.
+    display: str | None = None
     #: Firmware for VMs that boot from disk (images without a kernel).
     firmware: str = "bios"
     #: Extra fields merged into the spec (advanced use and tests).
@@ -60,6 +69,11 @@ class CreateRequest:
     record: dict[str, str | None] = field(default_factory=dict)
     #: The project the VM goes into, by name; ``None`` is ``default``.
     project: str | None = None
+    #: Host path of an ISO for a CD-ROM drive (the caller checked it may name host files).
+    cdrom: str | None = None
+    #: What firmware boots first: ``disk``, ``cdrom`` or ``network`` (the NIC's iPXE ROM);
+    #: ``None``: the CD-ROM when there is one, else the disk.
+    boot: BootFrom | None = None
 
 
 _FORWARD = re.compile(
@@ -93,6 +107,14 @@ def build_spec(req: CreateRequest, image: ImageRow | None) -> VmSpec:
     """
     disks: list[dict[str, Any]] = []
     boot: dict[str, Any] = {"kind": "firmware", "firmware": req.firmware}
+    boot_from = req.boot or ("cdrom" if req.cdrom is not None else "disk")
+    if boot_from == "cdrom" and req.cdrom is None:
+        raise InvalidInput("boot", "booting from the CD-ROM needs an ISO in it (cdrom)")
+    if boot_from != "disk" and image is not None and image.kernel:
+        raise InvalidInput(
+            "boot",
+            f"image {image.name!r} boots its kernel directly; {boot_from} boot needs firmware",
+        )
     if image is not None:
         root: dict[str, Any] = {"name": "root", "image": image.name}
         if req.disk_size is not None:
@@ -115,10 +137,20 @@ def build_spec(req: CreateRequest, image: ImageRow | None) -> VmSpec:
         "cpu": req.cpu,
         "disks": disks,
         "boot": boot,
-        "nics": [{"name": "net0", "forwards": [parse_forward(f) for f in req.forwards]}],
+        "nics": [
+            {
+                "name": "net0",
+                "forwards": [parse_forward(f) for f in req.forwards],
+                "boot": boot_from == "network",
+            }
+        ],
     }
+    if req.cdrom is not None:
+        data["cdrom"] = {"path": req.cdrom, "boot": boot_from == "cdrom"}
     if req.vnc:
         data["vnc"] = {"listen": "unix"}
+    if req.display is not None:
+        data["display"] = req.display
     data.update(req.extra)
     return parse(VmSpec, data)
 
@@ -145,6 +177,31 @@ def check_ports_free(ctx: Corral, spec: VmSpec) -> None:
                             f"host port {f.protocol}/{f.host_port} is forwarded by vm "
                             f"{name!r} already; choose another port",
                         )
+
+
+def check_boot_media(spec: VmSpec, firmware_dirs: tuple[str, ...] = FIRMWARE_DIRS) -> None:
+    """Check the host has what ``spec`` boots from: a readable ISO in its CD-ROM drive, the
+    iPXE ROM of a NIC that boots from the network.
+
+    :raise InvalidInput: (field ``cdrom``) the ISO is missing, unreadable or not ISO 9660.
+    :raise HostError: the ROM is in none of QEMU's firmware directories (package ``ipxe-qemu``).
+    """
+    from corral.compute.monitor import check_iso
+
+    if spec.cdrom is not None and spec.cdrom.path is not None:
+        try:
+            check_iso(spec.cdrom.path)
+        except InvalidInput as exc:
+            raise InvalidInput("cdrom", exc.reason) from None
+    for nic in spec.nics:
+        if not nic.boot:
+            continue
+        rom = NETBOOT_ROM[nic.model]
+        if not any((Path(d) / rom).is_file() for d in firmware_dirs):
+            raise HostError(
+                f"network boot of a {nic.model} NIC needs QEMU's iPXE ROM {rom!r}, which is in "
+                f"none of {', '.join(firmware_dirs)}: install the ipxe-qemu package"
+            )
 
 
 def check_name(name: str) -> None:
@@ -193,6 +250,7 @@ def _create_locked(ctx: Corral, req: CreateRequest) -> VmSpec:
                 raise NotFound("image", req.image)
     spec = build_spec(req, image)
     validate_spec(spec, ctx.caps)
+    check_boot_media(spec)
     check_ports_free(ctx, spec)
     demand = demand_of(spec, {image.name: image.virtual_size} if image is not None else {})
     check_project_quota(ctx, project_id, demand)
@@ -264,6 +322,7 @@ def delete(
             vm = records.load(ctx, session, name)
             require(name, Op.DELETE, records.reconcile(vm))
             _check_no_volumes(session, vm.row)
+            check_no_linked_clones(session, "vm", name, under=vm.paths.root)
         # Reported between transactions: a task's report writes to the same database.
         progress(10, "moving the disks aside, deleting the rest" if keep_disks else "deleting")
         kept: list[Path] = []

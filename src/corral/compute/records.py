@@ -57,14 +57,18 @@ def vm_paths(
 
     :param volumes: the attached volumes' files by device id (see :func:`attached_volumes`).
     :param disk_chain: the record's ``disk_chain`` (JSON: each disk's files, top first, that
-        snapshots left); a disk it does not name is the single file ``<disk>.qcow2``.
+        snapshots left); a disk it does not name is the single file ``<disk>.qcow2``. Its
+        ``base`` (a linked clone's) names, per disk, the files of other VMs below those.
     """
     root = ctx.home.vm_dir(spec.name)
-    chains: dict[str, list[str]] = json.loads(disk_chain)["disks"] if disk_chain else {}
+    saved = json.loads(disk_chain) if disk_chain else {}
+    chains: dict[str, list[str]] = saved.get("disks", {})
+    bases: dict[str, list[str]] = saved.get("base", {})
     disks: dict[str, DiskFiles] = {}
     for disk in spec.disks:
         files = chains.get(disk.name) or [f"{disk.name}.qcow2"]
         layers = [ImageLayer(str(root / file), "qcow2") for file in files]
+        layers += [ImageLayer(file, "qcow2") for file in bases.get(disk.name, [])]
         if disk.image is not None:
             layers.append(ImageLayer(str(ctx.home.image_dir(disk.image) / IMAGE_FILE), "qcow2"))
         disks[disk.name] = DiskFiles(layers[0], tuple(layers[1:]))

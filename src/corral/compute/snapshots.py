@@ -41,7 +41,7 @@ from corral.compute.lifecycle import Progress, holding, quiet
 from corral.compute.records import Vm
 from corral.compute.state import Op, VmState, require
 from corral.errors import AlreadyExists, CorralError, MonitorError
-from corral.qemu import img
+from corral.qemu import img, process, vmstate
 from corral.qemu.argv import overlay_nodes
 from corral.qemu.monitor import Monitor, snapshot_action
 from corral.storage.disks import DISK_MODE
@@ -66,6 +66,8 @@ from corral.store.models import SnapshotRow, as_utc
 
 #: Seconds a merge by QEMU may take before the delete fails (the data stays intact).
 MERGE_TIMEOUT = 3600.0
+#: Seconds saving or loading a guest's memory and device state may take.
+STATE_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class SnapshotView:
     created_at: datetime
     #: Frozen file of each disk.
     layers: dict[str, str]
+    #: A ``memory`` snapshot's saved RAM and device state; ``None`` for a disk-only one.
+    memory_file: str | None = None
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -95,7 +99,12 @@ def _rows(session: Session, vm: Vm) -> list[SnapshotRow]:
 
 
 def _tree(rows: list[SnapshotRow]) -> Tree:
-    return Tree({r.id: SnapNode(r.id, r.name, r.parent_id, json.loads(r.layers)) for r in rows})
+    return Tree(
+        {
+            r.id: SnapNode(r.id, r.name, r.parent_id, json.loads(r.layers), r.memory_file)
+            for r in rows
+        }
+    )
 
 
 def _chain(vm: Vm) -> Chain:
@@ -107,9 +116,10 @@ def _chain(vm: Vm) -> Chain:
 
 
 def _record_chain(vm: Vm, tree: Tree, chain: Chain) -> None:
-    vm.row.disk_chain = json.dumps(
-        {"current": chain.current, "disks": all_chains(tree, chain)}, sort_keys=True
-    )
+    data = {"current": chain.current, "disks": all_chains(tree, chain)}
+    if vm.row.disk_chain and "base" in (saved := json.loads(vm.row.disk_chain)):
+        data["base"] = saved["base"]  # a linked clone's: files of another VM below its own
+    vm.row.disk_chain = json.dumps(data, sort_keys=True)
 
 
 def list_snapshots(ctx: Corral, name: str) -> list[SnapshotView]:
@@ -132,6 +142,7 @@ def list_snapshots(ctx: Corral, name: str) -> list[SnapshotView]:
                 vm_state=r.vm_state,
                 created_at=as_utc(r.created_at),
                 layers=json.loads(r.layers),
+                memory_file=r.memory_file,
             )
             for r in rows
         ]
@@ -155,11 +166,10 @@ def _file(vm: Vm, name: str) -> Path:
 
 
 def _image(vm: Vm, disk: str) -> str | None:
-    """The image file below a disk's chain, if it is a clone."""
-    files = vm.paths.disks[disk]
-    last = files.backing[-1].path if files.backing else None
-    if last is not None and not last.startswith(vm.paths.root + "/"):
-        return last
+    """The file below a disk's own chain: its image (a linked clone: the source's layer)."""
+    for layer in vm.paths.disks[disk].backing:
+        if not layer.path.startswith(vm.paths.root + "/"):
+            return layer.path
     return None
 
 
@@ -214,41 +224,57 @@ def check_create(ctx: Corral, name: str, snap: str, description: str = "") -> No
 
 
 def create_snapshot(
-    ctx: Corral, name: str, snap: str, description: str = "", progress: Progress = quiet
+    ctx: Corral,
+    name: str,
+    snap: str,
+    description: str = "",
+    progress: Progress = quiet,
+    memory: bool = False,
 ) -> SnapshotView:
-    """Snapshot every writable disk of VM ``name``, running or not, atomically.
+    """Snapshot every writable disk of VM ``name``, running or not, atomically; with
+    ``memory``, also the guest's RAM and device state, at the same paused moment.
+
+    With ``memory`` the guest is paused, its state saved (and checked complete) to a file
+    beside the disks' layers, the disks switched to new overlays, and the guest resumed
+    (a paused one stays paused).
 
     :raise InvalidInput: a bad name or description.
     :raise AlreadyExists: the name is taken.
-    :raise StateError: the VM is starting or stopping.
-    :raise MonitorError: QEMU refused the switch (nothing is left of the attempt).
+    :raise StateError: the VM is starting or stopping; with ``memory``, not running or paused.
+    :raise MonitorError: QEMU refused the switch or the save (nothing is left of the attempt).
     :raise ToolError: qemu-img could not make an overlay (likewise).
     """
     check_snapshot_name(snap)
     check_description(description)
     with holding(ctx, name, progress):
-        _prepare(ctx, name, Op.SNAPSHOT)
+        _prepare(ctx, name, Op.SNAPSHOT_MEMORY if memory else Op.SNAPSHOT)
         progress(10, "making overlays")
         with ctx.db.session() as session:
             vm = records.load(ctx, session, name)
             tree, chain = _tree(_rows(session, vm)), _chain(vm)
-            plan = plan_create(tree, chain, str(uuid.uuid4()), snap, _token())
+            plan = plan_create(tree, chain, str(uuid.uuid4()), snap, _token(), memory)
             made: list[Path] = []
             try:
                 for overlay in plan.overlays:
                     path = _file(vm, overlay.overlay)
                     _new_overlay(path, _file(vm, overlay.frozen))
                     made.append(path)
-                if _live(vm):
+                if plan.node.memory is not None:
+                    progress(30, "saving the guest's memory and device state")
+                    made.append(_file(vm, plan.node.memory))
+                    _save_and_switch(vm, plan, made[-1])
+                elif _live(vm):
                     progress(50, "switching the disks to the overlays")
-                    _switch_live(vm, plan)
+                    with Monitor(vm.paths.qmp_socket) as mon:
+                        _switch_live(mon, vm, plan)
                 session.add(
                     SnapshotRow(
                         id=plan.node.id,
                         vm_id=vm.row.id,
                         name=snap,
                         description=description,
-                        kind="disk",
+                        kind=plan.node.kind,
+                        memory_file=plan.node.memory,
                         parent_id=plan.node.parent,
                         layers=json.dumps(dict(plan.node.layers), sort_keys=True),
                         vm_state=vm.state.value,
@@ -264,31 +290,56 @@ def create_snapshot(
     return get_snapshot(ctx, name, snap)
 
 
-def _switch_live(vm: Vm, plan: CreatePlan) -> None:
+def _switch_live(mon: Monitor, vm: Vm, plan: CreatePlan) -> None:
     """Open the new overlays in QEMU and put them on the disks in one transaction; on any
     failure close what was opened.
 
     :raise MonitorError: QEMU refused (the guest goes on writing to its old files).
     """
     specs = {d.name: d for d in vm.spec.disks}
+    added: list[str] = []
+    try:
+        actions = []
+        for overlay in plan.overlays:
+            top = mon.node_for_file(str(_file(vm, overlay.frozen)))
+            tag = "s" + overlay.overlay.rsplit("-", 1)[1].removesuffix(".qcow2")
+            nodes = overlay_nodes(specs[overlay.disk], str(_file(vm, overlay.overlay)), tag)
+            for node in nodes:
+                mon.blockdev_add(node)
+                added.append(str(node["node-name"]))
+            actions.append(snapshot_action(top, str(nodes[-1]["node-name"])))
+        mon.transaction(actions)
+    except BaseException:
+        for node_name in reversed(added):
+            with contextlib.suppress(MonitorError):
+                mon.blockdev_del(node_name)
+        raise
+
+
+def _save_and_switch(vm: Vm, plan: CreatePlan, state: Path) -> None:
+    """Pause the guest, save its state to ``state``, switch its disks to the new overlays
+    while it is still paused, then let it run again if it ran.
+
+    The save comes first: QEMU flushes the disks as it completes, so the frozen files hold
+    exactly what the saved state has seen. On failure the guest runs on as it did, on its
+    old files (the caller removes ``state`` and the overlays).
+
+    :raise MonitorError: QEMU refused the save or the switch.
+    """
+    was_running = vm.state is VmState.RUNNING
     with Monitor(vm.paths.qmp_socket) as mon:
-        added: list[str] = []
+        if was_running:
+            mon.stop()
         try:
-            actions = []
-            for overlay in plan.overlays:
-                top = mon.node_for_file(str(_file(vm, overlay.frozen)))
-                tag = "s" + overlay.overlay.rsplit("-", 1)[1].removesuffix(".qcow2")
-                nodes = overlay_nodes(specs[overlay.disk], str(_file(vm, overlay.overlay)), tag)
-                for node in nodes:
-                    mon.blockdev_add(node)
-                    added.append(str(node["node-name"]))
-                actions.append(snapshot_action(top, str(nodes[-1]["node-name"])))
-            mon.transaction(actions)
+            vmstate.save(mon, state, DISK_MODE, STATE_TIMEOUT)
+            _switch_live(mon, vm, plan)
         except BaseException:
-            for node_name in reversed(added):
+            if was_running:
                 with contextlib.suppress(MonitorError):
-                    mon.blockdev_del(node_name)
+                    mon.cont()
             raise
+        if was_running:
+            mon.cont()
 
 
 # -- revert -----------------------------------------------------------------------------------
@@ -301,13 +352,39 @@ class Preview:
     lines: list[str]
 
 
-def _revert_plan(ctx: Corral, name: str, snap: str) -> tuple[RevertPlan, bool]:
+@dataclass(frozen=True)
+class _Revert:
+    """A revert's plan and what its preview needs to know."""
+
+    plan: RevertPlan
+    #: Whether the tops hold data written since the last snapshot.
+    unsaved: bool
+    #: Whether QEMU runs the VM now.
+    running: bool
+    #: The VM's state when the target was taken.
+    taken_in: str
+
+    def describe(self, vm: str) -> list[str]:
+        return describe_revert(self.plan, vm, self.unsaved, self.running, self.taken_in)
+
+
+def _revert_plan(ctx: Corral, name: str, snap: str) -> _Revert:
     with ctx.db.session() as session:
         vm = records.load(ctx, session, name)
-        tree, chain = _tree(_rows(session, vm)), _chain(vm)
+        rows = _rows(session, vm)
+        tree, chain = _tree(rows), _chain(vm)
         plan = plan_revert(tree, chain, snap, name, _token())
         unsaved = any(img.has_own_data(_file(vm, top)) for top in plan.discarded)
-        return plan, unsaved
+        taken_in = next(r.vm_state for r in rows if r.id == plan.target.id)
+        return _Revert(plan, unsaved, _live(vm), taken_in)
+
+
+def revert_op(ctx: Corral, name: str, snap: str) -> Op:
+    """The operation reverting to ``snap`` is (its states differ for memory snapshots).
+
+    :raise NotFound: no such VM or snapshot.
+    """
+    return Op.REVERT if get_snapshot(ctx, name, snap).kind == "disk" else Op.REVERT_MEMORY
 
 
 def preview_revert(ctx: Corral, name: str, snap: str) -> Preview:
@@ -315,21 +392,25 @@ def preview_revert(ctx: Corral, name: str, snap: str) -> Preview:
 
     :raise NotFound: no such VM or snapshot.
     """
-    plan, unsaved = _revert_plan(ctx, name, snap)
-    return Preview(describe_revert(plan, name, unsaved))
+    return Preview(_revert_plan(ctx, name, snap).describe(name))
 
 
 def revert_snapshot(ctx: Corral, name: str, snap: str, progress: Progress = quiet) -> Preview:
     """Put VM ``name``'s disks back to snapshot ``snap``; what was written since the VM's
-    last snapshot is thrown away.
+    last snapshot is thrown away. A memory snapshot also puts the guest back where it was,
+    running or paused, from any state: a running VM is destroyed first.
 
     :raise NotFound: no such snapshot.
-    :raise StateError: the VM is not stopped ("stop it first").
+    :raise StateError: a disk-only snapshot and the VM is not stopped ("stop it first").
+    :raise LaunchError: QEMU did not start (the VM is left shut off on its former disks).
+    :raise MonitorError: QEMU could not load the saved state (likewise).
     """
     with holding(ctx, name, progress):
+        if revert_op(ctx, name, snap) is Op.REVERT_MEMORY:
+            return _revert_memory(ctx, name, snap, progress)
         _prepare(ctx, name, Op.REVERT)
-        plan, unsaved = _revert_plan(ctx, name, snap)
-        said = describe_revert(plan, name, unsaved)
+        revert = _revert_plan(ctx, name, snap)
+        plan, said = revert.plan, revert.describe(name)
         progress(30, f"making overlays on snapshot {snap}")
         with ctx.db.session() as session:
             vm = records.load(ctx, session, name)
@@ -352,14 +433,96 @@ def revert_snapshot(ctx: Corral, name: str, snap: str, progress: Progress = quie
         return Preview(said)
 
 
+def _revert_memory(ctx: Corral, name: str, snap: str, progress: Progress) -> Preview:
+    """Revert to a memory snapshot (the caller holds the lock): destroy a running VM, make
+    overlays on the snapshot's layers, start QEMU waiting for a state, load it and resume.
+    The new chain is recorded, and the discarded tops removed, only once the guest is back.
+    """
+    from corral.compute import lifecycle
+    from corral.qemu.argv import build_argv, incoming_argv
+    from corral.spec.validate import validate_spec
+
+    _prepare(ctx, name, Op.REVERT_MEMORY)
+    revert = _revert_plan(ctx, name, snap)
+    plan, said = revert.plan, revert.describe(name)
+    assert plan.target.memory is not None
+    with ctx.db.session() as session:
+        vm = records.load(ctx, session, name)
+        tree = _tree(_rows(session, vm))
+    validate_spec(vm.spec, ctx.caps)
+    back = VmState.DEFINED if vm.state is VmState.DEFINED else VmState.SHUTOFF
+    if revert.running:
+        progress(10, "destroying the running VM")
+        old = records.find_process(vm)
+        if old is not None:
+            lifecycle._force_off(vm, old)
+        lifecycle._finish_off(ctx, vm, f"destroyed to revert to snapshot {snap}")
+    progress(20, f"making overlays on snapshot {snap}")
+    made: list[Path] = []
+    chain_json = json.dumps(
+        {"current": plan.chain.current, "disks": all_chains(tree, plan.chain)}, sort_keys=True
+    )
+    proc: process.QemuProcess | None = None
+    try:
+        for overlay in plan.overlays:
+            path = _file(vm, overlay.overlay)
+            _new_overlay(path, _file(vm, overlay.frozen))
+            made.append(path)
+        paths = records.vm_paths(ctx, vm.spec, vm.paths.volumes, chain_json)
+        argv = build_argv(vm.spec, ctx.caps, paths) + incoming_argv()
+        with ctx.db.session() as session:
+            records.set_state(records.load(ctx, session, name), VmState.STARTING, "reverting")
+        progress(40, "starting QEMU to load the saved state")
+        proc = process.launch(argv, paths)
+        progress(50, "loading the memory and device state")
+        state = VmState.PAUSED if revert.taken_in == VmState.PAUSED.value else VmState.RUNNING
+        with Monitor(paths.qmp_socket) as mon:
+            vmstate.load(mon, _file(vm, plan.target.memory), STATE_TIMEOUT)
+            if state is VmState.RUNNING:
+                mon.cont()
+        with ctx.db.session() as session:
+            now = records.load(ctx, session, name)
+            records.set_state(now, state, f"reverted to snapshot {snap}", proc)
+            _record_chain(now, tree, plan.chain)
+    except BaseException as exc:
+        _undo_start(ctx, vm, proc, back, f"revert to {snap} failed: {exc}")
+        for path in made:
+            path.unlink(missing_ok=True)
+        raise
+    progress(80, "removing the discarded overlays")
+    for top in plan.discarded:
+        _file(vm, top).unlink(missing_ok=True)
+    progress(95, f"reverted to {snap}")
+    return Preview(said)
+
+
+def _undo_start(
+    ctx: Corral, vm: Vm, proc: process.QemuProcess | None, back: VmState, reason: str
+) -> None:
+    """End a QEMU a failed revert started and record the VM as ``back`` again."""
+    if proc is not None and process.is_alive(proc):
+        process.kill(proc, grace=2.0)
+    process.await_exit(vm.paths)
+    process.clear_runtime(vm.paths)
+    with ctx.db.session() as session:
+        now = records.load(ctx, session, vm.name)
+        if now.state is VmState.STARTING:
+            records.set_state(now, back, reason)
+
+
 # -- delete -----------------------------------------------------------------------------------
 
 
 def _delete_plan(ctx: Corral, name: str, snap: str) -> tuple[DeletePlan, bool]:
     """The plan, and whether the VM runs."""
+    from corral.compute.clone import check_no_linked_clones
+
     with ctx.db.session() as session:
         vm = records.load(ctx, session, name)
-        return plan_delete(_tree(_rows(session, vm)), _chain(vm), snap, name), _live(vm)
+        plan = plan_delete(_tree(_rows(session, vm)), _chain(vm), snap, name)
+        removed = [str(_file(vm, f)) for f in plan.removed]
+        check_no_linked_clones(session, "snapshot", f"{name}/{snap}", removed)
+        return plan, _live(vm)
 
 
 def preview_delete(ctx: Corral, name: str, snap: str) -> Preview:

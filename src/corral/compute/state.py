@@ -71,6 +71,14 @@ class Op(StrEnum):
     REVERT = "revert"
     #: Delete a snapshot, merging its layer.
     SNAPSHOT_DELETE = "snapshot-delete"
+    #: Clone the VM's disks as they are now (a snapshot of it is cloned in any state).
+    CLONE = "clone"
+    #: Clone one of the VM's snapshots (frozen layers: any steady state).
+    CLONE_SNAPSHOT = "clone-snapshot"
+    #: Take a snapshot with the guest's memory and device state.
+    SNAPSHOT_MEMORY = "snapshot-memory"
+    #: Go back to a snapshot with memory: the guest resumes where it was.
+    REVERT_MEMORY = "revert-memory"
 
 
 S = VmState
@@ -92,11 +100,17 @@ ALLOWED: dict[Op, frozenset[VmState]] = {
     Op.SNAPSHOT: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
     Op.REVERT: frozenset({S.DEFINED, S.SHUTOFF, S.CRASHED}),
     Op.SNAPSHOT_DELETE: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
+    Op.SNAPSHOT_MEMORY: frozenset({S.RUNNING, S.PAUSED}),
+    Op.REVERT_MEMORY: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
+    Op.CLONE: frozenset({S.DEFINED, S.SHUTOFF, S.CRASHED}),
+    Op.CLONE_SNAPSHOT: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
 }
 
 #: What to do about a refusal, for operations whose fix is not obvious from the states.
 HINTS: dict[Op, str] = {
     Op.REVERT: "a disk-only snapshot is reverted with the VM stopped: stop it first",
+    Op.CLONE: "a running VM's disks are not consistent: stop it first, or clone a snapshot",
+    Op.SNAPSHOT_MEMORY: "memory is saved from a running or paused VM: start it first",
 }
 
 #: Every state change the system may make, by cause: user operations, QEMU exiting,

@@ -86,8 +86,8 @@ _log = logging.getLogger(__name__)
 
 #: Environment variable forcing the accelerator: ``kvm``, ``tcg`` or ``auto`` (the default).
 ACCEL_ENV = "CORRAL_ACCEL"
-#: Version of the cache file layout; older files are ignored.
-CACHE_FORMAT = 1
+#: Version of the cache file layout; older files are ignored (2: display front ends).
+CACHE_FORMAT = 2
 
 
 # --- Accelerator choice -----------------------------------------------------------------------
@@ -292,6 +292,7 @@ def probe(
             host_memory=read_meminfo().get("MemTotal", 0),
             cpu_models=frozenset(qemu_part.get("cpu_models", [])),
             kvm_test=verdict.reason if verdict is not None else "",
+            displays=frozenset(qemu_part.get("displays", ["none"])),
         )
     except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
         if dirty:  # fresh from QEMU: a bug, not a stale file

@@ -53,6 +53,8 @@ class HostCaps(BaseModel):
     cpu_models: frozenset[str] = frozenset()
     #: The KVM self-test's outcome in one line, with its duration (empty when it did not run).
     kvm_test: str = ""
+    #: Display front ends this binary has (``none``, ``curses``, ``gtk``, ``sdl``, ...).
+    displays: frozenset[str] = frozenset({"none"})
 
 
 # --- Finding the binary -----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from corral.errors import HostError
@@ -24,6 +25,8 @@ _PROBE_COMMANDS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
     ("cpus", "query-cpu-definitions", None),
 )
 _PROBE_COMMAND_NAMES = {key: command for key, command, _ in _PROBE_COMMANDS}
+#: A display front end's name in ``-display help``'s list (the heading is not one).
+_DISPLAY = re.compile(r"[a-z][a-z0-9-]*")
 
 
 def parse_version(raw: dict[str, Any]) -> tuple[int, int, int]:
@@ -162,4 +165,36 @@ def query_qemu(binary: str, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
         stderr = [line for line in err.decode(errors="replace").splitlines() if line.strip()]
         last = stderr[-1] if stderr else f"exit status {proc.returncode}"
         raise HostError(f"QEMU {binary} did not answer its capability probe: {last}")
-    return parse_probe(answers)
+    return {**parse_probe(answers), "displays": query_displays(binary, timeout)}
+
+
+def parse_displays(text: str) -> list[str]:
+    """The display front ends ``qemu -display help`` lists on its standard output, sorted.
+    Pure.
+
+    A front end built as a module that is not installed (Debian's ``gtk`` and ``sdl`` without
+    ``qemu-system-gui``) is reported on standard error, not listed.
+    """
+    return sorted({word for line in text.splitlines() if _DISPLAY.fullmatch(word := line.strip())})
+
+
+def query_displays(binary: str, timeout: float = PROBE_TIMEOUT) -> list[str]:
+    """The display front ends ``binary`` has (``none``, ``curses``, ``gtk``, ...).
+
+    :raise HostError: QEMU cannot be started or does not answer in time.
+    """
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            [binary, "-display", "help"],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except OSError as exc:
+        raise HostError(f"cannot start QEMU {binary}: {exc.strerror}; {INSTALL_HINT}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise HostError(f"QEMU {binary} did not list its displays within {timeout:g} s") from exc
+    return parse_displays(proc.stdout.decode(errors="replace"))

@@ -32,7 +32,7 @@ from corral.errors import HostError, InvalidInput
 from corral.host.caps import HostCaps
 from corral.qemu.paths import ImageLayer, VmPaths
 from corral.qemu.volume_nodes import plan_plug
-from corral.spec.vm import DiskSpec, NicSpec, VmSpec
+from corral.spec.vm import LOCAL_DISPLAYS, DiskSpec, NicSpec, VmSpec
 from corral.units import MiB
 
 Bus = Literal["pci", "mmio"]
@@ -79,6 +79,9 @@ _NIC_DRIVER: dict[tuple[Bus, str], str] = {
     ("mmio", "virtio-net-pci"): "virtio-net-device",
 }
 _VIDEO_DRIVER: dict[Bus, str] = {"pci": "VGA", "mmio": "virtio-gpu-device"}
+#: The iPXE option ROM QEMU loads by default for a NIC model that boots from the network,
+#: from its firmware path (``qemu-system-x86_64 -L help``; Debian: /usr/lib/ipxe/qemu).
+NETBOOT_ROM: dict[str, str] = {"virtio-net-pci": "efi-virtio.rom", "e1000": "efi-e1000.rom"}
 
 
 def build_argv(spec: VmSpec, caps: HostCaps, paths: VmPaths) -> list[str]:
@@ -115,6 +118,14 @@ def build_argv(spec: VmSpec, caps: HostCaps, paths: VmPaths) -> list[str]:
     argv += _serial(vm)
     argv += _display(vm)
     return argv
+
+
+def incoming_argv() -> list[str]:
+    """What :func:`build_argv`'s command line gets to start a machine that loads a saved
+    state instead of booting: the vCPUs stay stopped (``-S``) and QEMU waits for
+    ``migrate-incoming`` (``-incoming defer``), whose source is passed over QMP as a file
+    descriptor (the sandbox forbids QEMU to spawn or to open a path named by a user)."""
+    return ["-S", "-incoming", "defer"]
 
 
 @dataclass(frozen=True)
@@ -249,6 +260,9 @@ def _machine(vm: _Vm) -> list[str]:
     machine = _opt(spec.machine)
     if spec.boot.kind == "firmware" and spec.boot.firmware == "uefi":
         machine += f",pflash0={_FW_CODE},pflash1={_FW_VARS}"
+    if spec.display == "none" and spec.serial.enabled and any(n.boot for n in spec.nics):
+        # No display: SeaBIOS writes its screen, and so iPXE's progress, to the serial port.
+        machine += ",graphics=off"
     return [
         "-machine",
         machine,
@@ -471,8 +485,13 @@ def _nic(vm: _Vm, index: int, nic: NicSpec) -> list[str]:
         "id": f"nic-{nic.name}",
         "mac": vm.spec.nic_mac(index),
     }
-    if vm.bus == "pci":
-        # No iPXE option ROM: corral never boots from the network, and loading it is boot time.
+    if nic.boot:
+        # QEMU's default ROM for the model (NETBOOT_ROM), with its legacy and EFI images: only a
+        # default ROM gets its PCI ids patched to the device's, and Debian's efi-virtio.rom
+        # named explicitly is never run by SeaBIOS (measured on QEMU 7.2).
+        device["bootindex"] = 0
+    elif vm.bus == "pci":
+        # No iPXE option ROM unless the VM boots from the network: loading it is boot time.
         device["romfile"] = ""
     return ["-netdev", _json(netdev), *_device(vm.caps, device)]
 
@@ -490,18 +509,21 @@ def _serial(vm: _Vm) -> list[str]:
 
 
 def _display(vm: _Vm) -> list[str]:
-    """No display at all, or VNC on a UNIX socket or loopback with one video device.
+    """No display at all; VNC on a UNIX socket or loopback; or a front end of the host
+    (``curses``, ``sdl``, ``gtk``); each but the first with one video device.
 
     ``-nodefaults`` already leaves the VM without VGA, so ``-vga none`` is never needed. The
     VNC address goes behind an explicit ``vnc=``: as an implied first value, a path with a
     ``=`` in it would be read as a key.
     """
     vnc = vm.spec.vnc
+    video = {"driver": _VIDEO_DRIVER[vm.bus], "id": "video0"}
+    if vm.spec.display in LOCAL_DISPLAYS:
+        return ["-display", vm.spec.display, *_device(vm.caps, video)]
     if vnc is None:
         return ["-display", "none"]
     if vnc.listen == "unix":
         address = f"unix:{_opt(_socket(vm.paths.vnc_socket))}"
     else:
         address = f"127.0.0.1:{vnc.display}"
-    video = {"driver": _VIDEO_DRIVER[vm.bus], "id": "video0"}
     return ["-vnc", f"vnc={address}", *_device(vm.caps, video)]

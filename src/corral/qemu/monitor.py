@@ -317,3 +317,82 @@ class Monitor:
             if data.get("error"):
                 raise MonitorError("block-job", f"job {job_id}: {data['error']}")
             return
+
+    # -- file descriptors and migration --------------------------------------------------------
+
+    def getfd(self, name: str, fd: int) -> None:
+        """Hand QEMU a copy of the open file ``fd`` (SCM_RIGHTS over the QMP socket) under
+        ``name``; ``fd:<name>`` migration URIs use it, and QEMU closes it when done with it.
+        The caller keeps (and closes) its own ``fd``.
+
+        :raise MonitorError: the socket refused the descriptor or QEMU the command.
+        """
+        if self._client is None:
+            raise MonitorError("getfd", "not connected", {"fdname": name})
+        try:
+            self._client.send_fd_scm(fd)
+        except Exception as exc:
+            raise MonitorError("getfd", f"cannot pass the descriptor: {exc}") from exc
+        self.execute("getfd", {"fdname": name})
+
+    def closefd(self, name: str) -> None:
+        """Close the descriptor QEMU holds under ``name`` (after a failure that left it)."""
+        self.execute("closefd", {"fdname": name})
+
+    def migrate_capabilities(self) -> dict[str, bool]:
+        """The migration capabilities this QEMU has, each with whether it is on."""
+        found = self.execute("query-migrate-capabilities")
+        return {str(c["capability"]): bool(c["state"]) for c in found}
+
+    def migrate_set_capabilities(self, capabilities: dict[str, bool]) -> None:
+        """Turn migration capabilities on or off (before a migration starts)."""
+        listed = [{"capability": k, "state": v} for k, v in sorted(capabilities.items())]
+        self.execute("migrate-set-capabilities", {"capabilities": listed})
+
+    def migrate_set_parameters(self, parameters: dict[str, object]) -> None:
+        """Set migration parameters (``max-bandwidth`` in bytes per second, ...)."""
+        self.execute("migrate-set-parameters", parameters)
+
+    def migrate(self, uri: str) -> None:
+        """Start sending the machine's state (RAM and devices) to ``uri`` (``fd:<name>``);
+        :meth:`wait_migration` says when it has ended."""
+        self.execute("migrate", {"uri": uri})
+
+    def migrate_incoming(self, uri: str) -> None:
+        """Start loading the machine's state from ``uri`` into a QEMU started with
+        ``-incoming defer``; :meth:`wait_migration` says when it has ended."""
+        self.execute("migrate-incoming", {"uri": uri})
+
+    def query_migrate(self) -> dict[str, Any]:
+        """The migration's status (``{}`` before any), as ``query-migrate`` reports it."""
+        return dict(self.execute("query-migrate"))
+
+    def wait_migration(self, timeout: float) -> dict[str, Any]:
+        """Wait until the migration (outgoing or incoming) has completed.
+
+        Wakes on each ``MIGRATION`` event (the ``events`` capability must be on) and asks
+        ``query-migrate`` then, so a change made before the wait began is seen too.
+
+        :return: the final ``query-migrate`` answer (status ``completed``).
+        :raise MonitorError: it failed or was cancelled, QEMU went away, or it did not
+            complete within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.query_migrate()
+            status = info.get("status")
+            if status == "completed":
+                return info
+            if status in ("failed", "cancelled"):
+                reason = info.get("error-desc") or status
+                raise MonitorError("query-migrate", f"migration {status}: {reason}")
+            left = deadline - time.monotonic()
+            if left <= 0 or self.wait_event(["MIGRATION"], left) is None:
+                raise MonitorError(
+                    "query-migrate",
+                    f"migration did not complete within {timeout:.0f} s (status {status})",
+                )
+
+    def migrate_cancel(self) -> None:
+        """Cancel the outgoing migration; the machine keeps running from its own state."""
+        self.execute("migrate_cancel")

@@ -7,10 +7,11 @@ named in the spec, the filesystem. They run just before a VM is created or start
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from corral.errors import InvalidInput
 from corral.host.caps import HostCaps
-from corral.spec.vm import VmSpec
+from corral.spec.vm import LOCAL_DISPLAYS, VmSpec
 from corral.units import format_size
 
 
@@ -45,3 +46,38 @@ def validate_spec(spec: VmSpec, caps: HostCaps) -> None:
     for device in sorted(models):
         if device not in caps.devices:
             raise InvalidInput("nics.model", f"this QEMU has no {device} device")
+    check_display(spec, caps, os.environ)
+
+
+def check_display(spec: VmSpec, caps: HostCaps, environ: Mapping[str, str]) -> None:
+    """Check the host can show ``spec``'s display where corral runs QEMU.
+
+    A window (``sdl``, ``gtk``) needs that front end in this QEMU and a graphical session in
+    the environment QEMU inherits (``$DISPLAY`` or ``$WAYLAND_DISPLAY``). ``curses`` draws on
+    QEMU's own terminal, and corral runs QEMU detached, without one.
+
+    :param environ: the environment QEMU is started with.
+    :raise InvalidInput: (field ``display``) naming the mode and what the host offers.
+    """
+    mode = spec.display
+    if mode not in LOCAL_DISPLAYS:
+        return
+    if mode not in caps.displays:
+        offered = sorted({"none", "vnc"} | (caps.displays & LOCAL_DISPLAYS))
+        raise InvalidInput(
+            "display",
+            f"this host's QEMU has no {mode!r} display; it offers {', '.join(offered)}"
+            + (" (apt-get install qemu-system-gui)" if mode in ("sdl", "gtk") else ""),
+        )
+    if mode == "curses":
+        raise InvalidInput(
+            "display",
+            "'curses' draws on QEMU's own terminal and corral runs QEMU detached without one; "
+            "use vnc, or the serial console (corral console)",
+        )
+    if not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")):
+        raise InvalidInput(
+            "display",
+            f"{mode!r} opens a window, and corral runs QEMU without a graphical session "
+            "($DISPLAY or $WAYLAND_DISPLAY); use vnc",
+        )

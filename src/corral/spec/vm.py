@@ -38,6 +38,12 @@ MAX_DISK = 64 * 1024 * GiB
 MAC_PATTERN = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 #: Kernel command lines longer than this do not fit the x86 boot protocol.
 MAX_CMDLINE = 2048
+#: How a VM shows its screen: not at all, over VNC (:class:`VncSpec`), or in a window or
+#: terminal of the host where QEMU runs (``curses``, ``sdl``, ``gtk``: where this QEMU has
+#: that front end, see :func:`corral.spec.validate.validate_spec`).
+DisplayMode = Literal["none", "vnc", "curses", "sdl", "gtk"]
+#: The display modes that draw on the host itself rather than on a socket.
+LOCAL_DISPLAYS = frozenset({"curses", "sdl", "gtk"})
 
 
 def _size(default_unit: str) -> BeforeValidator:
@@ -128,6 +134,8 @@ class NicSpec(_Frozen):
     forwards: tuple[PortForward, ...] = ()
     #: Cut the guest off from the host and the outside (only forwarded ports reach it).
     restrict: bool = False
+    #: Boot from the network through this card's iPXE ROM (firmware boot), before any disk.
+    boot: bool = False
 
     @field_validator("mac")
     @classmethod
@@ -241,12 +249,26 @@ class VmSpec(_Frozen):
     boot: BootSpec = BootSpec()
     nics: tuple[NicSpec, ...] = ()
     serial: SerialSpec = SerialSpec()
+    #: The display; ``vnc`` goes with :attr:`vnc` (either one implies the other).
+    display: DisplayMode = "none"
     vnc: VncSpec | None = None
     #: Attach the VM's cloud-init NoCloud seed (``seed.iso``, volume ``cidata``) as a
     #: read-only virtio disk after its own disks.
     seed: bool = False
     #: A removable CD-ROM drive; ``None``: none.
     cdrom: CdromSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def imply_display(cls, data: object) -> object:
+        """A spec with a ``vnc`` section has the ``vnc`` display (specs saved before there
+        were display modes), and ``display: vnc`` alone has a VNC on a UNIX socket."""
+        if isinstance(data, dict):
+            if "display" not in data and data.get("vnc") is not None:
+                return {**data, "display": "vnc"}
+            if data.get("display") == "vnc" and data.get("vnc") is None:
+                return {**data, "vnc": VncSpec()}
+        return data
 
     @field_serializer("memory")
     def dump_memory(self, value: int) -> str:
@@ -287,8 +309,6 @@ class VmSpec(_Frozen):
             raise ValueError("a host port can be forwarded only once")
         if self.seed and "seed" in disk_names:
             raise ValueError("the disk name 'seed' is taken by the cloud-init seed")
-        if self.boot.kind == "firmware" and not self.disks:
-            raise ValueError("firmware boot needs at least one disk")
         if self.machine == "microvm" and self.boot.kind != "kernel":
             raise ValueError("machine 'microvm' has no firmware disk boot; use kernel boot")
         if self.machine == "microvm" and any(n.model == "e1000" for n in self.nics):
@@ -297,6 +317,24 @@ class VmSpec(_Frozen):
             raise ValueError("machine 'microvm' has no IDE bus for a CD-ROM drive")
         if self.cdrom is not None and self.cdrom.boot and self.boot.kind != "firmware":
             raise ValueError("booting from the CD-ROM needs firmware boot")
+        if self.vnc is not None and self.display != "vnc":
+            raise ValueError(f"a vnc section needs display 'vnc', not {self.display!r}")
+        return self
+
+    @model_validator(mode="after")
+    def check_boot_devices(self) -> VmSpec:
+        boot_nics = [n.name for n in self.nics if n.boot]
+        if len(boot_nics) > 1:
+            raise ValueError("only one nic can boot from the network")
+        if boot_nics and self.boot.kind != "firmware":
+            raise ValueError("booting from the network needs firmware boot")
+        cdrom_boot = self.cdrom is not None and self.cdrom.boot
+        if boot_nics and cdrom_boot:
+            raise ValueError("boot from the CD-ROM or from the network, not both")
+        if self.boot.kind == "firmware" and not (self.disks or cdrom_boot or boot_nics):
+            raise ValueError(
+                "firmware boot needs at least one disk, or a CD-ROM or NIC to boot from"
+            )
         return self
 
     def nic_mac(self, index: int) -> str:

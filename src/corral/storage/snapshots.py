@@ -36,9 +36,9 @@ SNAPSHOT_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _SNAPSHOT_NAME = re.compile(SNAPSHOT_NAME_PATTERN)
 #: Longest description, in characters.
 MAX_DESCRIPTION = 1000
-#: What a snapshot holds: only ``disk`` now; ``memory`` (the guest's RAM and device state
-#: beside the disks) is the kind a later version adds.
-SnapshotKind = Literal["disk"]
+#: What a snapshot holds: ``disk`` (the disks only) or ``memory`` (the disks and, in a file
+#: beside them, the guest's RAM and device state taken at the same paused moment).
+SnapshotKind = Literal["disk", "memory"]
 
 
 def check_snapshot_name(name: str, field_name: str = "name") -> None:
@@ -67,6 +67,13 @@ class SnapNode:
     parent: str | None
     #: The frozen file of each disk, by disk name (a file name inside the VM's directory).
     layers: Mapping[str, str]
+    #: The saved RAM and device state of a ``memory`` snapshot (a file inside the VM's
+    #: directory); ``None`` for a disk-only one.
+    memory: str | None = None
+
+    @property
+    def kind(self) -> SnapshotKind:
+        return "disk" if self.memory is None else "memory"
 
 
 @dataclass(frozen=True)
@@ -148,12 +155,15 @@ class CreatePlan:
     chain: Chain
 
 
-def plan_create(tree: Tree, chain: Chain, snap_id: str, name: str, token: str) -> CreatePlan:
+def plan_create(
+    tree: Tree, chain: Chain, snap_id: str, name: str, token: str, memory: bool = False
+) -> CreatePlan:
     """Freeze every disk's top and put a new overlay named ``<disk>-<token>.qcow2`` on it.
 
     :param snap_id: the new snapshot's id.
     :param name: its name.
     :param token: a string unique within the VM (new file names carry it).
+    :param memory: the guest's state is saved too, into ``memory-<token>.state``.
     :raise InvalidInput: a bad name.
     :raise AlreadyExists: the name is taken.
     """
@@ -167,7 +177,8 @@ def plan_create(tree: Tree, chain: Chain, snap_id: str, name: str, token: str) -
     overlays = tuple(
         NewOverlay(disk, top, f"{disk}-{token}.qcow2") for disk, top in sorted(chain.tops.items())
     )
-    node = SnapNode(snap_id, name, chain.current, {o.disk: o.frozen for o in overlays})
+    state = f"memory-{token}.state" if memory else None
+    node = SnapNode(snap_id, name, chain.current, {o.disk: o.frozen for o in overlays}, state)
     return CreatePlan(node, overlays, Chain(snap_id, {o.disk: o.overlay for o in overlays}))
 
 
@@ -288,7 +299,7 @@ def plan_delete(tree: Tree, chain: Chain, name: str, vm: str) -> DeletePlan:
         target,
         tuple(merges),
         absorbed_by,
-        tuple(sorted(target.layers.values())),
+        (*sorted(target.layers.values()), *([target.memory] if target.memory else [])),
         Tree(nodes),
         new_chain,
     )
@@ -316,17 +327,29 @@ def describe_delete(plan: DeletePlan, vm: str, running: bool) -> list[str]:
     return lines
 
 
-def describe_revert(plan: RevertPlan, vm: str, unsaved: bool) -> list[str]:
+def describe_revert(
+    plan: RevertPlan, vm: str, unsaved: bool, running: bool = False, resume: str = ""
+) -> list[str]:
     """What a revert will do, and what it loses, for a preview.
 
     :param unsaved: whether the VM's tops hold data written since its last snapshot.
+    :param running: whether QEMU runs the VM now (a memory snapshot's revert destroys it).
+    :param resume: for a memory snapshot, the state the guest was in when it was taken
+        (``running`` or ``paused``), which it is put back in.
     """
     since = f"snapshot {plan.since!r}" if plan.since else "the VM was made"
     lines = []
+    if plan.target.memory is not None and running:
+        lines.append(f"vm {vm!r} runs: it is destroyed first (LOST: its memory as it is now)")
     if unsaved:
         lines.append(f"LOST: what vm {vm!r} wrote since {since} ({', '.join(plan.discarded)})")
     else:
         lines.append(f"nothing is lost: vm {vm!r} wrote nothing since {since}")
     lines.append(f"vm {vm!r} goes back to snapshot {plan.target.name!r}")
+    if plan.target.memory is not None:
+        lines.append(
+            f"QEMU loads the saved memory and device state ({plan.target.memory}): the guest "
+            f"is {resume or 'running'} again where it was, its processes with it"
+        )
     lines.append("every snapshot stays in the tree")
     return lines

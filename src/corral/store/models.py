@@ -358,7 +358,10 @@ class SnapshotRow(Base):
     __tablename__ = "snapshots"
     __table_args__ = (
         UniqueConstraint("vm_id", "name", name="uq_snapshots_vm_id_name"),
-        CheckConstraint("kind IN ('disk')", name="ck_snapshots_kind"),
+        CheckConstraint("kind IN ('disk', 'memory')", name="ck_snapshots_kind"),
+        CheckConstraint(
+            "(kind = 'memory') = (memory_file IS NOT NULL)", name="ck_snapshots_memory_file"
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -370,8 +373,10 @@ class SnapshotRow(Base):
     #: Unique within the VM.
     name: Mapped[str] = mapped_column(String(63))
     description: Mapped[str] = mapped_column(Text, default="")
-    #: ``disk`` (the disks only); a later migration adds ``memory`` (RAM and device state).
+    #: ``disk`` (the disks only) or ``memory`` (the disks, the guest's RAM and device state).
     kind: Mapped[str] = mapped_column(String(16), default="disk")
+    #: A ``memory`` snapshot's saved state (a file inside the VM's directory); else ``None``.
+    memory_file: Mapped[str | None] = mapped_column(String(255), default=None)
     #: The snapshot it was taken after (its parent in the tree); ``None`` for a root.
     parent_id: Mapped[str | None] = mapped_column(
         String(36), ForeignKey("snapshots.id", name="fk_snapshots_parent_id_snapshots")

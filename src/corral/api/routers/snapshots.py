@@ -1,4 +1,4 @@
-"""``/vms/{name}/snapshots``: disk snapshots of a VM, as a tree.
+"""``/vms/{name}/snapshots``: snapshots of a VM (of its disks, or with its memory), as a tree.
 
 Taking, reverting to and deleting a snapshot answer 202 with a task, as a VM's actions do
 (they take the VM's lock); what is known at once is answered at once: another project's VM
@@ -40,12 +40,13 @@ def snapshot_read(view: SnapshotView) -> SnapshotRead:
     return SnapshotRead(
         name=view.name,
         description=view.description,
-        kind="disk",
+        kind="memory" if view.memory_file else "disk",
         parent=view.parent,
         current=view.current,
         vm_state=view.vm_state,
         created_at=view.created_at.isoformat(),
         layers=view.layers,
+        memory_file=view.memory_file,
     )
 
 
@@ -84,7 +85,8 @@ def create_snapshot(
     name: str,
     body: SnapshotCreate,
 ) -> TaskRead:
-    """Snapshot a running or stopped VM's writable disks, all at once: a task."""
+    """Snapshot a running or stopped VM's writable disks, all at once; with ``memory``, a
+    running or paused VM's RAM and device state too (409 otherwise): a task."""
     from corral.compute.snapshots import check_create, create_snapshot
 
     asked = body.model_dump()
@@ -93,10 +95,11 @@ def create_snapshot(
         check_create(ctx, name, body.name, body.description)
 
     def work(progress: Progress) -> str:
-        view = create_snapshot(ctx, name, body.name, body.description, progress)
-        return f"snapshot {view.name} taken"
+        view = create_snapshot(ctx, name, body.name, body.description, progress, body.memory)
+        return f"snapshot {view.name} taken" + (" with memory" if body.memory else "")
 
-    return _act(ctx, pool, principal, request, response, name, Op.SNAPSHOT, work, asked)
+    op = Op.SNAPSHOT_MEMORY if body.memory else Op.SNAPSHOT
+    return _act(ctx, pool, principal, request, response, name, op, work, asked)
 
 
 @router.get("/{name}/snapshots/{snap}/revert-plan", responses={**NOT_FOUND})
@@ -120,20 +123,22 @@ def revert_snapshot(
     name: str,
     snap: SnapName,
 ) -> TaskRead:
-    """Put a stopped VM's disks back to the snapshot (409 while it runs: stop it first); what
-    was written since its last snapshot is lost; every snapshot stays: a task."""
-    from corral.compute.snapshots import get_snapshot, revert_snapshot
+    """Put a stopped VM's disks back to a disk snapshot (409 while it runs: stop it first),
+    or any VM to a memory snapshot (a running one is destroyed first; the guest resumes where
+    it was); what was written since its last snapshot is lost; every snapshot stays: a
+    task."""
+    from corral.compute.snapshots import revert_op, revert_snapshot
 
     asked = {"snapshot": snap}
     require_visible(ctx, principal, VmRow, "vm", name, Action.OPERATE)
     with _refusal_audited(ctx, principal, "vm.revert", name, _project_of(ctx, name), asked):
-        get_snapshot(ctx, name, snap)
+        op = revert_op(ctx, name, snap)
 
     def work(progress: Progress) -> str:
         revert_snapshot(ctx, name, snap, progress)
         return f"reverted to {snap}"
 
-    return _act(ctx, pool, principal, request, response, name, Op.REVERT, work, asked)
+    return _act(ctx, pool, principal, request, response, name, op, work, asked)
 
 
 @router.get("/{name}/snapshots/{snap}/delete-plan", responses={**NOT_FOUND, **ACTION_RESPONSES})

@@ -55,7 +55,7 @@ from corral.compute.inventory import VmView
 from corral.compute.lifecycle import Outcome, Progress
 from corral.compute.state import Op
 from corral.compute.tasks import Report, Target, TaskPool
-from corral.errors import CorralError
+from corral.errors import CorralError, Forbidden
 
 router = APIRouter(prefix="/vms", tags=["vms"], responses=ERRORS)
 
@@ -185,8 +185,13 @@ def create_vm(
     from corral.compute.inventory import info
 
     asked = body.model_dump(include={"image", "vcpus", "memory", "disk_size", "data_disks"})
+    asked.update(body.model_dump(include={"cdrom", "boot"}, exclude_none=True))
     with audited(ctx, principal, "vm.create", "vm", body.name, body.project, asked):
         require_creatable(ctx, principal, body.project)
+        if body.cdrom is not None and not principal.is_admin:
+            raise Forbidden(
+                principal.name, principal.role.value, "put a host file into", f"vm {body.name!r}"
+            )
         create(
             ctx,
             CreateRequest(
@@ -200,8 +205,11 @@ def create_vm(
                 cpu=body.cpu,
                 forwards=tuple(body.forwards),
                 vnc=body.vnc,
+                display=body.display,
                 firmware=body.firmware,
                 project=body.project,
+                cdrom=body.cdrom,
+                boot=body.boot,
             ),
         )
     response.headers["Location"] = request.url_for("get_vm", name=body.name).path

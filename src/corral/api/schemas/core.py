@@ -158,6 +158,11 @@ class VmCreate(BaseModel):
         default=None, max_length=64, description="QEMU CPU model; none: the host's under KVM."
     )
     vnc: bool = Field(default=False, description="Add a VNC display on a UNIX socket.")
+    display: Literal["none", "vnc", "curses", "sdl", "gtk"] | None = Field(
+        default=None,
+        description="The display: none, vnc, or a front end of the host's QEMU (curses, sdl, "
+        "gtk) where it can show one; default: vnc with `vnc`, else none.",
+    )
     forwards: list[str] = Field(
         default_factory=list,
         max_length=64,
@@ -167,4 +172,14 @@ class VmCreate(BaseModel):
     machine: str = Field(default="pc", max_length=63, description="QEMU machine type.")
     firmware: Literal["bios", "uefi"] = Field(
         default="bios", description="Firmware, for images that boot from disk."
+    )
+    cdrom: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="An ISO 9660 file on the daemon's host for a CD-ROM drive (admins only).",
+    )
+    boot: Literal["disk", "cdrom", "network"] | None = Field(
+        default=None,
+        description="What firmware boots first: the disk, the CD-ROM, or the network (the "
+        "NIC's iPXE ROM); none: the CD-ROM when there is one, else the disk.",
     )

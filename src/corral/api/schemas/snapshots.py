@@ -1,4 +1,4 @@
-"""Wire types of disk snapshots: a tree of them per VM."""
+"""Wire types of snapshots (of the disks, or with memory): a tree of them per VM."""
 
 from __future__ import annotations
 
@@ -11,20 +11,26 @@ from corral.storage.snapshots import MAX_DESCRIPTION, SNAPSHOT_NAME_PATTERN
 
 
 class SnapshotRead(Read):
-    """One snapshot of a VM's disks, a node of the VM's snapshot tree."""
+    """One snapshot of a VM, a node of the VM's snapshot tree."""
 
     name: str
     description: str
-    kind: Literal["disk"] = Field(description="'disk': the disks only (no memory).")
+    kind: Literal["disk", "memory"] = Field(
+        description="'disk': the disks only; 'memory': the disks and the guest's RAM and "
+        "device state (a revert resumes the guest where it was)."
+    )
     parent: str | None = Field(description="The snapshot it was taken after; null for a root.")
     current: bool = Field(description="Whether the VM's disks sit on it now.")
     vm_state: str = Field(description="The VM's state when it was taken.")
     created_at: str
     layers: dict[str, str] = Field(description="The frozen file of each disk, by disk name.")
+    memory_file: str | None = Field(
+        default=None, description="The saved memory and device state; null for 'disk'."
+    )
 
 
 class SnapshotCreate(Create):
-    """A disk snapshot to take (``POST /vms/{name}/snapshots``)."""
+    """A snapshot to take (``POST /vms/{name}/snapshots``)."""
 
     name: str = Field(
         pattern=SNAPSHOT_NAME_PATTERN,
@@ -32,6 +38,11 @@ class SnapshotCreate(Create):
         examples=["before-upgrade"],
     )
     description: str = Field(default="", max_length=MAX_DESCRIPTION)
+    memory: bool = Field(
+        default=False,
+        description="Also save the guest's RAM and device state (the VM must be running or "
+        "paused; it is paused for the save).",
+    )
 
 
 class SnapshotPreview(Read):

@@ -1,0 +1,68 @@
+"""``POST /vms/{name}/clone``: a new VM from a VM's disks, now or at one of its snapshots.
+
+A task, as a VM's actions are (it takes the source's lock); what is known at once is answered
+at once: another project's VM or an unknown snapshot is 404, a bad field 422, a name taken or
+a running source without a snapshot 409.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from corral.access.principal import Action
+from corral.api.auth import PrincipalDep
+from corral.api.deps import CorralDep
+from corral.api.routers.tasks import TaskPoolDep
+from corral.api.routers.vms import (
+    ACTION_RESPONSES,
+    CREATE_RESPONSES,
+    _act,
+    _project_of,
+    _refusal_audited,
+    require_creatable,
+)
+from corral.api.schemas import ERRORS, TaskRead
+from corral.api.schemas.clone import CloneCreate
+from corral.api.tenancy import require_visible
+from corral.compute.lifecycle import Progress
+from corral.compute.state import Op
+from corral.store.models import VmRow
+
+router = APIRouter(prefix="/vms", tags=["vms"], responses=ERRORS)
+
+
+@router.post("/{name}/clone", status_code=202, responses={**ACTION_RESPONSES, **CREATE_RESPONSES})
+def clone_vm(
+    ctx: CorralDep,
+    pool: TaskPoolDep,
+    principal: PrincipalDep,
+    request: Request,
+    response: Response,
+    name: str,
+    body: CloneCreate,
+) -> TaskRead:
+    """Clone a VM, linked or full, from its current disks (stopped) or a snapshot: a task.
+
+    The clone has a new UUID, MACs, cloud-init instance id and SSH forward; it starts
+    ``defined`` (or running, with ``start``)."""
+    from corral.compute import lifecycle
+    from corral.compute.clone import CloneRequest, check_clone, clone
+
+    asked = body.model_dump()
+    require_visible(ctx, principal, VmRow, "vm", name, Action.OPERATE)
+    source_project = _project_of(ctx, name)
+    project = body.project or source_project or "default"
+    req = CloneRequest(name, body.name, body.mode, body.snapshot, project)
+    with _refusal_audited(ctx, principal, "vm.clone", name, source_project, asked):
+        require_creatable(ctx, principal, project)
+        check_clone(ctx, req)
+    op = Op.CLONE if body.snapshot is None else Op.CLONE_SNAPSHOT
+
+    def work(progress: Progress) -> str:
+        clone(ctx, req, progress)
+        if body.start:
+            progress(96, f"starting vm {body.name}")
+            lifecycle.start(ctx, body.name)
+        return f"cloned into {body.name} ({body.mode})"
+
+    return _act(ctx, pool, principal, request, response, name, op, work, asked)

@@ -1,0 +1,138 @@
+"""``POST /vms/{name}/clone``: linked and full clones are tasks, audited, with a new identity;
+another project's VM answers 404, a bad field 422 naming it, a name taken or a running source
+409; deleting a VM or a snapshot a linked clone reads is refused naming the clone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.support import (
+    API,
+    act,
+    admin_client,
+    audit_entries,
+    state_dir,
+    user_client,
+    wait_task,
+)
+
+
+@pytest.fixture(scope="module")
+def ctx() -> Iterator[Any]:
+    users = {"alice": ("operator", ["p1"]), "bob": ("operator", ["p2"])}
+    with state_dir("cl-", ["p1", "p2"], users) as corral:
+        yield corral
+
+
+@pytest.fixture(scope="module")
+def api(ctx: Any) -> Iterator[TestClient]:
+    with admin_client(ctx) as client:
+        yield client
+
+
+def define(client: TestClient, name: str, project: str, **extra: Any) -> None:
+    body = {"name": name, "image": "reference", "memory": "128M", "project": project, **extra}
+    answer = client.post(f"{API}/vms", json=body)
+    assert answer.status_code == 201, answer.text
+
+
+def clone(client: TestClient, source: str, **body: Any) -> dict[str, Any]:
+    answer = client.post(f"{API}/vms/{source}/clone", json=body)
+    assert answer.status_code == 202, answer.text
+    return wait_task(client, answer.json()["id"])
+
+
+def test_linked_clone_is_made_on_a_new_snapshot_with_a_new_identity(api: TestClient) -> None:
+    define(api, "la", "p1", forwards=["tcp:127.0.0.1:2290:22", "tcp:127.0.0.1:8090:80"])
+    done = clone(api, "la", name="lb")
+    assert done["status"] == "success", done
+    source, copy = api.get(f"{API}/vms/la").json(), api.get(f"{API}/vms/lb").json()
+    assert copy["state"] == "defined" and copy["project"] == "p1"
+    assert copy["uuid"] != source["uuid"]
+    snaps = api.get(f"{API}/vms/la/snapshots").json()["items"]
+    assert [s["name"] for s in snaps] == ["clone-lb"]
+    assert any(e["action"] == "vm.clone" and e["outcome"] == "ok" for e in audit_entries(api, "la"))
+
+
+def test_clone_keeps_only_a_reallocated_ssh_forward(ctx: Any, api: TestClient) -> None:
+    from corral.compute import records
+
+    with ctx.db.session() as session:
+        src = records.load(ctx, session, "la").spec
+        dst = records.load(ctx, session, "lb").spec
+    forwards = dst.nics[0].forwards
+    assert [f.guest_port for f in forwards] == [22]
+    assert forwards[0].host_port != src.nics[0].forwards[0].host_port
+    assert dst.nic_mac(0) != src.nic_mac(0)
+
+
+def test_deleting_what_a_linked_clone_reads_is_refused_naming_it(api: TestClient) -> None:
+    refused = wait_task(api, api.delete(f"{API}/vms/la").json()["id"])
+    assert refused["status"] == "error" and "linked clone vm 'lb'" in refused["error"]
+    assert api.get(f"{API}/vms/la").status_code == 200
+    answer = api.delete(f"{API}/vms/la/snapshots/clone-lb")
+    assert answer.status_code == 409, answer.text
+    assert "linked clone vm 'lb'" in answer.json()["message"]
+    deleted = api.delete(f"{API}/vms/lb")
+    assert (
+        deleted.status_code == 202 and wait_task(api, deleted.json()["id"])["status"] == "success"
+    )
+    gone = api.delete(f"{API}/vms/la/snapshots/clone-lb")
+    assert gone.status_code == 202 and wait_task(api, gone.json()["id"])["status"] == "success"
+
+
+def test_full_clone_stands_alone(ctx: Any, api: TestClient) -> None:
+    define(api, "fa", "p1")
+    done = clone(api, "fa", name="fb", mode="full", project="p2")
+    assert done["status"] == "success", done
+    assert api.get(f"{API}/vms/fb").json()["project"] == "p2"
+    assert api.get(f"{API}/vms/fa/snapshots").json()["total"] == 0
+    from corral.compute import records
+
+    with ctx.db.session() as session:
+        vm = records.load(ctx, session, "fb")
+        assert vm.spec.disks[0].image is None and vm.paths.disks["root"].backing == ()
+        assert json.loads(vm.row.disk_chain).get("base") is None
+    assert Path(vm.paths.disks["root"].top.path).exists()
+    deleted = api.delete(f"{API}/vms/fa")
+    assert (
+        deleted.status_code == 202 and wait_task(api, deleted.json()["id"])["status"] == "success"
+    )
+
+
+def test_clone_of_a_snapshot_of_a_running_vm(api: TestClient) -> None:
+    define(api, "ra", "p1")
+    assert act(api, "ra", "start", wait=True)["status"] == "success"
+    refused = api.post(f"{API}/vms/ra/clone", json={"name": "rb"})
+    assert refused.status_code == 409
+    assert "running" in refused.json()["message"] and "stop it first" in refused.json()["message"]
+    taken = api.post(f"{API}/vms/ra/snapshots", json={"name": "s1"})
+    assert wait_task(api, taken.json()["id"])["status"] == "success"
+    assert clone(api, "ra", name="rb", snapshot="s1")["status"] == "success"
+    assert act(api, "ra", "destroy")["status"] == "success"
+
+
+def test_refusals(ctx: Any, api: TestClient) -> None:
+    define(api, "xa", "p1")
+    define(api, "xb", "p2")
+    taken = api.post(f"{API}/vms/xa/clone", json={"name": "xb"})
+    assert taken.status_code == 409 and "xb" in taken.json()["message"]
+    bad = api.post(f"{API}/vms/xa/clone", json={"name": "Bad Name"})
+    assert bad.status_code == 422 and bad.json()["field"] == "name"
+    mode = api.post(f"{API}/vms/xa/clone", json={"name": "xc", "mode": "deep"})
+    assert mode.status_code == 422 and mode.json()["field"] == "mode"
+    nosnap = api.post(f"{API}/vms/xa/clone", json={"name": "xc", "snapshot": "nope"})
+    assert nosnap.status_code == 404
+    with user_client(ctx, "bob") as bob:
+        hidden = bob.post(f"{API}/vms/xa/clone", json={"name": "xc"})
+        assert hidden.status_code == 404
+        into = bob.post(f"{API}/vms/xb/clone", json={"name": "xc", "project": "p1"})
+        assert into.status_code == 404
+    assert api.get(f"{API}/vms/xc").status_code == 404
+    assert not (ctx.home.vm_dir("xc")).exists()

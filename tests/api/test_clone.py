@@ -1,6 +1,6 @@
 """``POST /vms/{name}/clone``: linked and full clones are tasks, audited, with a new identity;
-another project's VM answers 404, a bad field 422 naming it, a name taken or a running source
-409; deleting a VM or a snapshot a linked clone reads is refused naming the clone."""
+another project's VM answers 404, a bad field 422 naming it, a name taken 409; deleting a VM
+or a snapshot a linked clone reads is refused naming the clone; a running VM is cloned live."""
 
 from __future__ import annotations
 
@@ -106,15 +106,21 @@ def test_full_clone_stands_alone(ctx: Any, api: TestClient) -> None:
     )
 
 
-def test_clone_of_a_snapshot_of_a_running_vm(api: TestClient) -> None:
+def test_clones_of_a_running_vm_now_and_at_a_snapshot(api: TestClient) -> None:
     define(api, "ra", "p1")
     assert act(api, "ra", "start", wait=True)["status"] == "success"
-    refused = api.post(f"{API}/vms/ra/clone", json={"name": "rb"})
-    assert refused.status_code == 409
-    assert "running" in refused.json()["message"] and "stop it first" in refused.json()["message"]
+    # Its current state: frozen live by a snapshot that stays for the linked clone ...
+    assert clone(api, "ra", name="rb")["status"] == "success"
+    snaps = api.get(f"{API}/vms/ra/snapshots").json()["items"]
+    assert [s["name"] for s in snaps] == ["clone-rb"]
+    # ... and is merged back once a full copy is made.
+    assert clone(api, "ra", name="rf", mode="full")["status"] == "success"
+    snaps = api.get(f"{API}/vms/ra/snapshots").json()["items"]
+    assert [s["name"] for s in snaps] == ["clone-rb"]
+    assert api.get(f"{API}/vms/ra").json()["state"] == "running"
     taken = api.post(f"{API}/vms/ra/snapshots", json={"name": "s1"})
     assert wait_task(api, taken.json()["id"])["status"] == "success"
-    assert clone(api, "ra", name="rb", snapshot="s1")["status"] == "success"
+    assert clone(api, "ra", name="rc", snapshot="s1")["status"] == "success"
     assert act(api, "ra", "destroy")["status"] == "success"
 
 

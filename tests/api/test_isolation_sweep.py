@@ -140,6 +140,12 @@ def _add_optional_victims(ctx: Corral, world: World, admin: Any) -> None:
     world.victims["vms"]["snap"] = "bobs-snap"
     world.secrets += ["bobs-snap"]
 
+    from corral.compute.usb import add_usb
+
+    usb = add_usb(ctx, admin, "bobs-vm", "usb-tablet")
+    world.victims["vms"]["usb_id"] = usb.id
+    world.secrets += [usb.id]
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -42,6 +43,7 @@ from corral.errors import HostError, InUse, QuotaExceeded
 from corral.storage.volumes import pool_dir, volume_path
 from corral.store.models import VmRow, VolumeRow
 from corral.units import GiB, MiB
+from tests.api.support import wait_task
 from tests.store.conftest import PostgresServer, postgres_server  # noqa: F401 (a fixture)
 
 API = "/api/v1"
@@ -512,3 +514,133 @@ def test_attach_detach_resize_a_stopped_vm(world: World) -> None:
     actions = {(e.action, e.outcome) for e in entries}
     assert {("volume.attach", "ok"), ("volume.detach", "ok"), ("volume.resize", "ok")} <= actions
     assert ("volume.attach", "InUse") in actions
+
+
+# -- import and export -----------------------------------------------------------------------
+
+
+@contextmanager
+def _serving(world: World, user: str) -> Iterator[TestClient]:
+    """``user``'s client with the app's lifespan running (its task pool)."""
+    if user == "local":
+        app = via(create_app(world.ctx), "unix")
+        with TestClient(app) as client:
+            yield client
+        return
+    secret = create_token(world.ctx, world.admin, user).secret
+    headers = {"Authorization": f"Bearer {secret}"}
+    with TestClient(create_app(world.ctx), headers=headers) as client:
+        yield client
+
+
+def _disk(directory: Path, fmt: str) -> Path:
+    """A 2 MiB disk in ``fmt`` holding a pattern, made by qemu-img."""
+    raw = directory / "disk.raw"
+    with raw.open("wb") as file:
+        file.truncate(2 * MiB)
+        file.write(b"corral" * 1000)
+    dest = directory / f"disk.{fmt}"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, str(raw), str(dest)], check=True)
+    return dest
+
+
+def test_upload_imports_a_vdi_as_a_qcow2_volume_and_exports_it(world: World) -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp, _serving(world, "alice") as alice:
+        source = _disk(Path(tmp), "vdi")
+        answer = alice.put(
+            f"{API}/volumes/uploaded/file",
+            params={"project": "p1", "description": "from a vdi"},
+            content=source.read_bytes(),
+        )
+        assert answer.status_code == 202, answer.text
+        task = wait_task(alice, answer.json()["id"])
+        assert task["status"] == "success", task
+        assert task["name"] == "volume.import" and "uploaded (2 MiB)" in task["detail"]
+        body = alice.get(f"{API}/volumes/uploaded", params={"project": "p1"}).json()
+        assert body["format"] == "qcow2" and body["size"] == 2 * MiB
+        assert body["description"] == "from a vdi"
+        assert _qemu_img("info", "-f", "qcow2", str(_file(world.ctx, "uploaded")))["format"]
+
+        exported = alice.get(f"{API}/volumes/uploaded/file", params={"format": "raw"})
+        assert exported.status_code == 200, exported.text
+        assert exported.headers["content-type"] == "application/octet-stream"
+        assert exported.content == (Path(tmp) / "disk.raw").read_bytes()
+    assert not [p for p in _pool(world.ctx) if p.startswith(".")]  # no copy, no spool left
+    assert not list((world.ctx.home.images / ".uploads").glob("*"))
+
+
+def test_import_refusals_name_the_field_role_or_project(world: World) -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        source = _disk(Path(tmp), "vmdk")
+        data = source.read_bytes()
+        rows, pool = _rows(world.ctx), _pool(world.ctx)
+        with _serving(world, "carol") as carol:  # a viewer of p1
+            put = carol.put(f"{API}/volumes/v/file", params={"project": "p1"}, content=data)
+            _error(put, 403, "Forbidden")
+            # a viewer may read, and so export, p1's volumes
+        with _serving(world, "bob") as bob:  # p1 is not bob's: as if it did not exist
+            put = bob.put(f"{API}/volumes/v/file", params={"project": "p1"}, content=data)
+            _error(put, 404, "NotFound")
+        with _serving(world, "alice") as alice:
+            bad = alice.put(
+                f"{API}/volumes/v/file", params={"project": "p1", "format": "iso"}, content=data
+            )
+            assert bad.status_code == 422, bad.text
+            empty = alice.put(f"{API}/volumes/v/file", params={"project": "p1"}, content=b"")
+            assert _error(empty, 422, "InvalidInput")["field"] == "file"
+            host = alice.post(
+                f"{API}/volumes/import", json={"name": "v", "path": str(source), "project": "p1"}
+            )
+            _error(host, 403, "Forbidden")  # a host file: admins only
+        with _serving(world, "local") as local:
+            relative = local.post(
+                f"{API}/volumes/import", json={"name": "v", "path": "disk.vmdk", "project": "p1"}
+            )
+            assert _error(relative, 422, "InvalidInput")["field"] == "path"
+            named = local.post(
+                f"{API}/volumes/import", json={"name": "V!", "path": str(source), "project": "p1"}
+            )
+            assert named.status_code == 422, named.text
+        assert _rows(world.ctx) == rows and _pool(world.ctx) == pool
+    refused = list_entries(world.ctx, world.admin, AuditFilter(action="volume.import"))
+    assert {e.outcome for e in refused} >= {"Forbidden", "NotFound", "InvalidInput"}
+
+
+def test_a_backing_file_qcow2_upload_fails_its_task_leaving_nothing(world: World) -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp, _serving(world, "alice") as alice:
+        base = _disk(Path(tmp), "qcow2")
+        overlay = Path(tmp) / "overlay.qcow2"
+        subprocess.run(
+            ["qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)],
+            check=True,
+            capture_output=True,
+        )
+        rows, pool = _rows(world.ctx), _pool(world.ctx)
+        answer = alice.put(
+            f"{API}/volumes/overlaid/file",
+            params={"project": "p1"},
+            content=overlay.read_bytes(),
+        )
+        assert answer.status_code == 202, answer.text
+        task = wait_task(alice, answer.json()["id"])
+        assert task["status"] == "error", task
+        assert "backing file" in task["error"] and "upload of volume 'overlaid'" in task["error"]
+        assert _rows(world.ctx) == rows and _pool(world.ctx) == pool
+        assert not list((world.ctx.home.images / ".uploads").glob("*"))
+
+
+def test_export_of_another_projects_volume_is_404_and_bad_format_422(world: World) -> None:
+    volumes_module.create_volume(world.ctx, world.admin, "bobs-export", "4M", project="p2")
+    with _serving(world, "alice") as alice:
+        hidden = alice.get(f"{API}/volumes/bobs-export/file", params={"format": "raw"})
+        _error(hidden, 404, "NotFound")
+    with _serving(world, "bob") as bob:
+        bad = bob.get(f"{API}/volumes/bobs-export/file", params={"format": "iso"})
+        assert bad.status_code == 422, bad.text
+        good = bob.get(f"{API}/volumes/bobs-export/file", params={"format": "qcow2"})
+        assert good.status_code == 200 and good.content[:4] == b"QFI\xfb"
+
+
+def _rows(ctx: Corral) -> set[tuple[str, str]]:
+    with ctx.db.session() as session:
+        return {(r.name, r.project_id) for r in session.scalars(select(VolumeRow))}

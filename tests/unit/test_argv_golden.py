@@ -116,7 +116,8 @@ def load_case(name: str) -> Case:
         disks[disk] = DiskFiles(
             top=_layer(chain["top"]), backing=tuple(_layer(x) for x in chain.get("backing", ()))
         )
-    paths = dataclasses.replace(paths, disks=disks, **over)
+    volumes = {dev: _layer(layer) for dev, layer in over.pop("volumes", {}).items()}
+    paths = dataclasses.replace(paths, disks=disks, volumes=volumes, **over)
     return Case(name, spec, caps, paths)
 
 
@@ -244,7 +245,8 @@ def test_node_graph_is_explicit(name: str) -> None:
     drives = [json.loads(raw).get("drive") for raw in options(argv, "-device")]
     assert {d for d in drives if d} <= set(nodes)
     medium = case.spec.cdrom is not None and case.spec.cdrom.path is not None
-    assert len([d for d in drives if d]) == len(case.spec.disks) + case.spec.seed + medium
+    volumes = len(case.paths.volumes)
+    assert len([d for d in drives if d]) == len(case.spec.disks) + case.spec.seed + medium + volumes
 
 
 # -- checkprops: every field of the spec is set to something other than its default somewhere

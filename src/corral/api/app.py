@@ -32,6 +32,7 @@ from corral.api.routers import (
     tasks,
     tokens,
     types,
+    usb,
     users,
     vms,
     volumes,
@@ -104,6 +105,7 @@ def create_app(ctx: Corral) -> FastAPI:
         types,
         keypairs,
         volumes,
+        usb,
         tasks,
     )
     access = (projects, users, tokens, audit, login)

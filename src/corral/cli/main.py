@@ -24,6 +24,7 @@ from corral.cli.snapshots import snapshot_app
 from corral.cli.tasks import events_cmd, task_app
 from corral.cli.tokens import token_app
 from corral.cli.types import type_app
+from corral.cli.usb import usb_app
 from corral.cli.users import user_app
 from corral.cli.vnc import vnc_cmd
 from corral.cli.volumes import volume_app
@@ -57,6 +58,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(volume_app, name="volume")
 app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(usb_app, name="usb")
 app.command("clone")(clone_cmd)
 app.command("launch")(launch_cmd)
 app.command("ssh")(ssh_cmd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -180,3 +181,76 @@ def resize_cmd(
     with open_client() as api:
         v = api.resize_volume(name, size, project)
     render.out.print(f"volume {v.name} is now {render.size(v.size)}", markup=False)
+
+
+FileFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--format", "-f", help="raw, qcow2, vmdk or vdi (default: detected; an OVA only so)."
+    ),
+]
+
+
+@volume_app.command("import")
+def import_cmd(
+    name: Name,
+    file: Annotated[
+        Path,
+        typer.Argument(metavar="FILE", help="A disk image (raw, qcow2, vmdk, vdi) or an OVA."),
+    ],
+    format_: FileFormat = None,
+    project: Annotated[
+        str, typer.Option("--project", metavar="NAME", help="The project it goes into.")
+    ] = "default",
+    description: Annotated[str, typer.Option(help="A line that says what it holds.")] = "",
+) -> None:
+    """Import a file as a qcow2 volume; an OVA's disks as NAME, NAME-1, ...
+
+    corrald reads the file itself when it runs on this machine; a remote one is sent it.
+    """
+    from corral.cli.image import follow
+    from corral.cli.progress import phases
+
+    with open_client() as api, phases(f"importing {file.name}") as update:
+        if api.on_host:
+            path = file.expanduser().absolute()
+            task = api.import_volume(name, path, format_, project, description)
+        else:
+            size = file.stat().st_size if file.is_file() else 0
+            task = api.upload_volume(
+                name,
+                file,
+                format_,
+                project,
+                description,
+                lambda sent: update("uploading", sent / size if size else 1.0),
+            )
+        done = follow(api, task, lambda percent, detail: update(detail, percent / 100))
+    render.out.print(f"volume {name}: {done.detail}", markup=False)
+
+
+@volume_app.command("export")
+def export_cmd(
+    name: Name,
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="The file to write (replaced if it exists).")
+    ],
+    format_: Annotated[
+        str, typer.Option("--format", "-f", help="The copy's format: qcow2, raw, vmdk or vdi.")
+    ],
+    project: Project = None,
+) -> None:
+    """Write a volume, converted to a format, to a file (it appears only when complete)."""
+    from corral.cli.progress import phases
+
+    with open_client() as api, phases(f"exporting {name}") as update:
+        written = api.export_volume(
+            name,
+            file,
+            format_,
+            project,
+            lambda got, total: update("receiving", got / total if total else 1.0),
+        )
+    render.out.print(
+        f"volume {name} exported to {file} ({format_}, {render.size(written)})", markup=False
+    )

@@ -11,6 +11,7 @@ from corral.client.monitor import MonitorApi
 from corral.client.snapshots import SnapshotsApi
 from corral.client.tasks import TasksApi
 from corral.client.transport import ApiError, Transport
+from corral.client.usb import UsbApi
 from corral.client.vms import VmsApi
 from corral.client.volumes import VolumesApi
 
@@ -27,6 +28,7 @@ class Client(
     TasksApi,
     LaunchApi,
     VolumesApi,
+    UsbApi,
     AccessApi,
     Transport,
 ):

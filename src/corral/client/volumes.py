@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
-from corral.api.schemas import Page
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+from corral.api.schemas import Page, TaskRead
 from corral.api.schemas.volumes import VolumeRead
 from corral.client.transport import Transport, segment
+from corral.errors import InvalidInput
+
+#: Bytes per piece of an upload.
+CHUNK = 1024 * 1024
+#: Seconds to wait for the answer to an upload once it is sent.
+UPLOAD_TIMEOUT = 900.0
+
+
+def _pieces(path: Path, sent: Callable[[int], None] | None) -> Iterator[bytes]:
+    with path.open("rb") as file:
+        done = 0
+        while chunk := file.read(CHUNK):
+            done += len(chunk)
+            yield chunk
+            if sent is not None:
+                sent(done)
 
 
 class VolumesApi(Transport):
@@ -97,3 +119,89 @@ class VolumesApi(Transport):
         path = f"/volumes/{segment(name)}/{action}"
         answer = self._send("POST", path, params={"project": project}, body=body, timeout=wait)
         return VolumeRead.model_validate(answer.json())
+
+    # -- files in and out ----------------------------------------------------------------------
+
+    def import_volume(
+        self,
+        name: str,
+        path: Path,
+        format: str | None = None,
+        project: str = "default",
+        description: str = "",
+    ) -> TaskRead:
+        """Import a file on the daemon's host (admins only): the task that converts it."""
+        body: dict[str, object] = {
+            "name": name,
+            "path": str(path),
+            "project": project,
+            "description": description,
+        }
+        if format is not None:
+            body["format"] = format
+        return self._post("/volumes/import", TaskRead, body)
+
+    def upload_volume(
+        self,
+        name: str,
+        file: Path,
+        format: str | None = None,
+        project: str = "default",
+        description: str = "",
+        sent: Callable[[int], None] | None = None,
+    ) -> TaskRead:
+        """Send ``file`` (a disk image or an OVA) as volume ``name``: the task that converts it.
+
+        :param sent: told the bytes sent so far, after each piece.
+        :raise InvalidInput: ``file`` cannot be read (field ``file``).
+        """
+        try:
+            size = file.stat().st_size
+            file.open("rb").close()
+        except OSError as exc:
+            raise InvalidInput("file", f"{file}: {exc.strerror or exc}") from None
+        params = {"format": format, "project": project, "description": description}
+        answer = self._send(
+            "PUT",
+            f"/volumes/{segment(name)}/file",
+            params=params,
+            content=_pieces(file, sent),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            timeout=UPLOAD_TIMEOUT,
+        )
+        return TaskRead.model_validate(answer.json())
+
+    def export_volume(
+        self,
+        name: str,
+        dest: Path,
+        format: str,
+        project: str | None = None,
+        received: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Write volume ``name``, converted to ``format``, to ``dest``: it appears there only
+        when complete (written beside it, then renamed).
+
+        :param received: told the bytes received so far and the total, after each piece.
+        :return: the bytes written.
+        """
+        query = {"format": format} if project is None else {"format": format, "project": project}
+        path = f"/volumes/{segment(name)}/file?{urlencode(query)}"
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, self._stream("GET", path) as answer:
+                total = int(answer.headers.get("content-length", 0))
+                for chunk in answer.iter_bytes(CHUNK):
+                    out.write(chunk)
+                    if received is not None:
+                        received(out.tell(), total)
+                written = out.tell()
+                out.flush()
+                os.fsync(out.fileno())
+            tmp.chmod(0o600)
+            tmp.replace(dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return written

@@ -15,9 +15,11 @@ Two modes:
   standalone qcow2 (``qemu-img convert -f qcow2 -O qcow2``, progress on the task): the clone
   depends on nothing, not even the catalogue image.
 
-The current state is cloned only from a stopped source (409 "stop it first": a running
-guest's disks are not consistent); a snapshot's layers are frozen, so a snapshot is cloned
-whatever the source's state.
+The current state of a running source is frozen by that snapshot too, live (one QMP
+transaction over all its disks), for a full clone as well (its layer is merged back once the
+copy is made): the clone's disks are as after a power cut at that instant, which journaling
+file systems recover from, as from any crash-consistent snapshot. A snapshot's layers are
+frozen, so a snapshot is cloned whatever the source's state.
 
 The clone gets its own name, UUID (and so MAC addresses: explicit MACs are dropped), a new
 cloud-init instance id and seed when the source has one, and a newly reserved SSH forward
@@ -238,20 +240,32 @@ def clone(ctx: Corral, req: CloneRequest, progress: Progress = quiet) -> VmSpec:
 
     check_clone(ctx, req)
     snapshot, auto = req.snapshot, None
-    if snapshot is None and req.mode == "linked":
-        with holding(ctx, req.source, progress):
-            _require_stopped(ctx, req.source)
+    if snapshot is None and (req.mode == "linked" or _runs(ctx, req.source)):
         progress(5, f"freezing vm {req.source}'s disks")
         auto = auto_snapshot_name(req.name)
-        create_snapshot(ctx, req.source, auto, f"frozen for the linked clone {req.name}")
+        create_snapshot(ctx, req.source, auto, f"frozen for the {req.mode} clone {req.name}")
         snapshot = auto
     try:
-        return _clone_locked(ctx, req, snapshot, progress)
+        spec = _clone_locked(ctx, req, snapshot, progress)
     except BaseException:
         if auto is not None:
             with contextlib.suppress(Exception):
                 delete_snapshot(ctx, req.source, auto)
         raise
+    if auto is not None and req.mode == "full":
+        # The copy depends on nothing: the layer frozen for it merges back into the source.
+        progress(95, f"merging the frozen layer back into vm {req.source}")
+        delete_snapshot(ctx, req.source, auto)
+    return spec
+
+
+def _runs(ctx: Corral, name: str) -> bool:
+    """Whether VM ``name``'s QEMU runs (its disks change under a copy)."""
+    from corral.compute.state import VmState
+
+    with ctx.db.session() as session:
+        state = records.reconcile(records.load(ctx, session, name))
+    return state in (VmState.RUNNING, VmState.PAUSED, VmState.STARTING, VmState.STOPPING)
 
 
 def _require_stopped(ctx: Corral, name: str) -> None:

@@ -147,6 +147,10 @@ def build_spec(req: CreateRequest, image: ImageRow | None) -> VmSpec:
     }
     if req.cdrom is not None:
         data["cdrom"] = {"path": req.cdrom, "boot": boot_from == "cdrom"}
+    elif not req.machine.startswith("microvm"):
+        # An empty drive, so that `corral cdrom insert` works while the VM runs (IDE has no
+        # hotplug: a drive added later waits for the next start).
+        data["cdrom"] = {"path": None}
     if req.vnc:
         data["vnc"] = {"listen": "unix"}
     if req.display is not None:

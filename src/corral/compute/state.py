@@ -79,6 +79,8 @@ class Op(StrEnum):
     SNAPSHOT_MEMORY = "snapshot-memory"
     #: Go back to a snapshot with memory: the guest resumes where it was.
     REVERT_MEMORY = "revert-memory"
+    #: Add or remove a USB device (recorded when shut off, also live when running).
+    USB = "usb"
 
 
 S = VmState
@@ -102,14 +104,15 @@ ALLOWED: dict[Op, frozenset[VmState]] = {
     Op.SNAPSHOT_DELETE: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
     Op.SNAPSHOT_MEMORY: frozenset({S.RUNNING, S.PAUSED}),
     Op.REVERT_MEMORY: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
-    Op.CLONE: frozenset({S.DEFINED, S.SHUTOFF, S.CRASHED}),
+    Op.CLONE: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
+    Op.USB: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
     Op.CLONE_SNAPSHOT: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
 }
 
 #: What to do about a refusal, for operations whose fix is not obvious from the states.
 HINTS: dict[Op, str] = {
     Op.REVERT: "a disk-only snapshot is reverted with the VM stopped: stop it first",
-    Op.CLONE: "a running VM's disks are not consistent: stop it first, or clone a snapshot",
+    Op.CLONE: "a VM that is starting or stopping is cloned once it has: wait for it",
     Op.SNAPSHOT_MEMORY: "memory is saved from a running or paused VM: start it first",
 }
 

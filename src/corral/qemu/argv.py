@@ -31,8 +31,8 @@ from corral.config import MAX_SOCKET_PATH
 from corral.errors import HostError, InvalidInput
 from corral.host.caps import HostCaps
 from corral.qemu.paths import ImageLayer, VmPaths
-from corral.qemu.volume_nodes import plan_plug
-from corral.spec.vm import LOCAL_DISPLAYS, DiskSpec, NicSpec, VmSpec
+from corral.qemu.volume_nodes import Plug, plan_plug
+from corral.spec.vm import LOCAL_DISPLAYS, DiskSpec, NicSpec, UsbDeviceSpec, VmSpec
 from corral.units import MiB
 
 Bus = Literal["pci", "mmio"]
@@ -52,6 +52,8 @@ _SEED = "seed"
 #: Node name of the medium in the CD-ROM drive, and the drive's device id.
 CDROM_NODE = "cdrom"
 CDROM_DEVICE = "cdrom0"
+#: Device id of the USB controller; its devices plug into bus ``usb.0``.
+USB_CONTROLLER = "usb"
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,11 @@ def build_argv(spec: VmSpec, caps: HostCaps, paths: VmPaths) -> list[str]:
         argv += _disk(vm, index, disk)
     argv += _seed(vm)
     argv += _cdrom(vm)
+    on_usb = {u.id for u in spec.usb}
     for dev in sorted(paths.volumes):
-        argv += _volume(vm, dev, paths.volumes[dev])
+        if dev not in on_usb:
+            argv += _volume(vm, dev, paths.volumes[dev])
+    argv += _usb(vm)
     for index, nic in enumerate(spec.nics):
         argv += _nic(vm, index, nic)
     argv += _serial(vm)
@@ -458,6 +463,43 @@ def _volume(vm: _Vm, dev: str, layer: ImageLayer) -> list[str]:
     for node in plug.blockdevs:
         argv += ["-blockdev", _json(node)]
     return argv + _device(vm.caps, plug.device)
+
+
+def usb_plug(device: UsbDeviceSpec, layer: ImageLayer | None = None) -> Plug:
+    """The nodes and device of one USB device on the controller's bus; ``device_add`` and
+    ``blockdev-add`` take the same dictionaries at run time.
+
+    :param layer: a ``usb-storage`` device's volume file (its nodes are the volume's, as on
+        virtio, :func:`~corral.qemu.volume_nodes.plan_plug`).
+    :raise ValueError: a ``usb-storage`` device without its file.
+    """
+    bus = f"{USB_CONTROLLER}.0"
+    if device.device != "usb-storage":
+        return Plug((), {"driver": device.device, "id": device.id, "bus": bus})
+    if layer is None:
+        raise ValueError(f"usb-storage {device.id!r} needs its volume's file")
+    plug = plan_plug(device.id, layer, "usb-storage")
+    return Plug(plug.blockdevs, {**plug.device, "bus": bus})
+
+
+def _usb(vm: _Vm) -> list[str]:
+    """A ``qemu-xhci`` controller and its devices, when the spec has USB devices.
+
+    A ``usb-storage`` device whose volume is no longer attached (detached as a volume while
+    the VM was stopped) is left out: the volume's record decides.
+    """
+    if not vm.spec.usb:
+        return []
+    argv = _device(vm.caps, {"driver": "qemu-xhci", "id": USB_CONTROLLER})
+    for device in vm.spec.usb:
+        layer = vm.paths.volumes.get(device.id)
+        if device.device == "usb-storage" and layer is None:
+            continue
+        plug = usb_plug(device, layer)
+        for node in plug.blockdevs:
+            argv += ["-blockdev", _json(node)]
+        argv += _device(vm.caps, plug.device)
+    return argv
 
 
 def _nic(vm: _Vm, index: int, nic: NicSpec) -> list[str]:

@@ -234,6 +234,33 @@ class CdromSpec(_Frozen):
         return self
 
 
+#: The USB devices a VM can have: QEMU's emulated tablet, keyboard, and mass storage
+#: (backed by a volume of the VM's project).
+UsbKind = Literal["usb-tablet", "usb-kbd", "usb-storage"]
+#: A USB device's id: its kind and a token of 8 hex digits; a mass-storage device has its
+#: volume's device id (``vol-`` and 16 hex digits, see :mod:`corral.qemu.volume_nodes`).
+USB_ID_PATTERN = r"^(usb-(tablet|kbd)-[0-9a-f]{8}|vol-[0-9a-f]{16})$"
+
+
+class UsbDeviceSpec(_Frozen):
+    """One device on the VM's USB controller (``qemu-xhci``), which the VM has when it has
+    any USB device."""
+
+    #: The device's QEMU id, stable for its life (never a counter or a position).
+    id: str = Field(pattern=USB_ID_PATTERN)
+    device: UsbKind
+    #: For ``usb-storage``: the id (UUID) of the volume it presents.
+    volume: UUID | None = None
+
+    @model_validator(mode="after")
+    def check_volume(self) -> UsbDeviceSpec:
+        if (self.device == "usb-storage") != (self.volume is not None):
+            raise ValueError("a volume goes with usb-storage, and only with it")
+        if self.id.startswith("vol-") != (self.device == "usb-storage"):
+            raise ValueError(f"id {self.id!r} does not fit device {self.device!r}")
+        return self
+
+
 class VmSpec(_Frozen):
     """Everything needed to run one VM, independent of the host it runs on."""
 
@@ -257,6 +284,8 @@ class VmSpec(_Frozen):
     seed: bool = False
     #: A removable CD-ROM drive; ``None``: none.
     cdrom: CdromSpec | None = None
+    #: Devices on a USB controller (present when this is not empty).
+    usb: tuple[UsbDeviceSpec, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -315,6 +344,11 @@ class VmSpec(_Frozen):
             raise ValueError("machine 'microvm' has no PCI bus for e1000; use virtio-net-pci")
         if self.machine == "microvm" and self.cdrom is not None:
             raise ValueError("machine 'microvm' has no IDE bus for a CD-ROM drive")
+        if self.machine == "microvm" and self.usb:
+            raise ValueError("machine 'microvm' has no PCI bus for a USB controller")
+        usb_ids = [u.id for u in self.usb]
+        if len(set(usb_ids)) != len(usb_ids):
+            raise ValueError("USB device ids must be unique")
         if self.cdrom is not None and self.cdrom.boot and self.boot.kind != "firmware":
             raise ValueError("booting from the CD-ROM needs firmware boot")
         if self.vnc is not None and self.display != "vnc":

@@ -1,8 +1,8 @@
 """``POST /vms/{name}/clone``: a new VM from a VM's disks, now or at one of its snapshots.
 
 A task, as a VM's actions are (it takes the source's lock); what is known at once is answered
-at once: another project's VM or an unknown snapshot is 404, a bad field 422, a name taken or
-a running source without a snapshot 409.
+at once: another project's VM or an unknown snapshot is 404, a bad field 422, a name taken
+409.
 """
 
 from __future__ import annotations

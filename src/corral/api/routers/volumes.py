@@ -6,28 +6,49 @@ a name in several of them is a 422 on ``project``. Creating a volume is instant 
 qcow2 or a sparse raw file), so ``POST`` answers 201 with it, not a task. Attaching,
 detaching and resizing answer with the volume too: each is bounded (hotplug takes a
 fraction of a second; a detach waits for the guest at most its ``timeout``).
+
+Files come in as images do: ``POST /volumes/import`` names a file on corrald's host (admins
+only), ``PUT /volumes/{name}/file`` sends it as the request body (spooled, never held in
+memory). The name, format, project and role are answered at once; the file is verified and
+converted to qcow2 by a 202 task (``volume.import``), an OVA into one volume per disk.
+``GET /volumes/{name}/file?format=`` answers a converted copy, removed as it is sent.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path as FilePath
+from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
+from corral.access.principal import Principal
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
+from corral.api.routers.images import Note, recorded, write_entry
 from corral.api.routers.paging import Limit, Offset
-from corral.api.schemas import ERRORS, ErrorRead, Page
+from corral.api.routers.tasks import TaskPoolDep, task_read
+from corral.api.schemas import ERRORS, ErrorRead, Page, TaskRead
 from corral.api.schemas.volumes import (
     VolumeAttach,
     VolumeCreate,
     VolumeDetach,
+    VolumeExport,
+    VolumeImport,
     VolumeRead,
     VolumeResize,
     VolumeUpdate,
+    VolumeUploadCreate,
 )
+from corral.compute.context import Corral
+from corral.compute.tasks import Report, Target, TaskPool
 from corral.compute.volumes import VolumeView
+from corral.errors import CorralError, Forbidden, ImageError, InvalidInput
 from corral.spec.vm import NAME_PATTERN
+from corral.units import format_size
 
 router = APIRouter(prefix="/volumes", tags=["volumes"], responses=ERRORS)
 
@@ -257,3 +278,180 @@ def resize_volume(
     from corral.compute.volume_attach import resize_volume as resize
 
     return volume_read(resize(ctx, principal, name, body.size, project))
+
+
+# -- files in and out --------------------------------------------------------------------------
+
+#: ``responses=`` of the two imports.
+IMPORT_RESPONSES: dict[int | str, dict[str, object]] = {
+    403: _error("The caller's role may not create here (a host file: only admins may)."),
+    404: _error("No such project (or not the caller's)."),
+    409: _error("The name is taken in the project."),
+    422: _error("A parameter is not valid (named)."),
+    503: _error("Not enough space for the upload."),
+}
+#: ``responses=`` of ``GET /volumes/{name}/file``.
+EXPORT_RESPONSES: dict[int | str, dict[str, object]] = VOLUME_RESPONSES | {
+    200: {
+        "description": "The volume converted to the format asked for.",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    409: _error("It is attached to a VM that runs (the state named)."),
+}
+#: The request body of ``PUT /volumes/{name}/file`` in the OpenAPI document.
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The disk image (raw, qcow2, vmdk, vdi) or OVA, as it is.",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+#: Bytes read from an exported copy per piece of the answer.
+READ_BYTES = 1024 * 1024
+
+
+def _import_task(
+    ctx: Corral,
+    pool: TaskPool,
+    principal: Principal,
+    name: str,
+    facts: VolumeUploadCreate,
+    source: FilePath,
+    shown: str | None = None,
+    done: Callable[[], None] = lambda: None,
+) -> TaskRead:
+    """Queue the task that imports ``source``; it calls ``done`` once it has run."""
+    from corral.api.routers.images import _renamed
+    from corral.compute.volume_io import check_import, import_volume
+
+    project_id = check_import(ctx, principal, name, facts.format, facts.project)
+
+    def run(report: Report) -> str:
+        try:
+            views = import_volume(
+                ctx,
+                principal,
+                name,
+                source,
+                facts.format,
+                facts.project,
+                facts.description,
+                lambda fraction, what: report(int(fraction * 100), what),
+            )
+        except ImageError as exc:
+            raise _renamed(exc, source, shown) from None
+        finally:
+            done()
+        made = ", ".join(f"{v.name} ({format_size(v.size)})" for v in views)
+        return f"imported into project {facts.project}: {made}"
+
+    target = Target("volume", name)
+    return task_read(pool.submit(principal, "volume.import", target, project_id, run))
+
+
+@router.post("/import", status_code=202, responses=IMPORT_RESPONSES)
+def import_volume(
+    ctx: CorralDep,
+    pool: TaskPoolDep,
+    principal: PrincipalDep,
+    request: Request,
+    response: Response,
+    body: VolumeImport,
+) -> TaskRead:
+    """Import a file on corrald's host (admins only) as a qcow2 volume, an OVA as one
+    volume per disk: the name checked at once, the file verified and converted by a task."""
+    facts = VolumeUploadCreate(**body.model_dump(include={"format", "project", "description"}))
+    with recorded(
+        ctx, principal, "volume.import", "volume", body.name, success=False, source=body.path
+    ) as note:
+        note.project = body.project
+        if not principal.is_admin:
+            raise Forbidden(
+                principal.name, principal.role.value, "import", "files of corrald's host"
+            )
+        if not body.path.startswith("/") or "\x00" in body.path:
+            raise InvalidInput("path", f"must be an absolute path on corrald's host: {body.path!r}")
+        task = _import_task(ctx, pool, principal, body.name, facts, FilePath(body.path))
+    response.headers["Location"] = request.url_for("get_task", task_id=task.id).path
+    return task
+
+
+@router.put("/{name}/file", status_code=202, responses=IMPORT_RESPONSES, openapi_extra=UPLOAD_BODY)
+async def upload_volume(
+    ctx: CorralDep,
+    pool: TaskPoolDep,
+    principal: PrincipalDep,
+    request: Request,
+    response: Response,
+    name: VolumeName,
+    query: Annotated[VolumeUploadCreate, Query()],
+) -> TaskRead:
+    """Import the file sent as the request body as a qcow2 volume (an OVA as one volume per
+    disk): received, the name checked at once, the file verified and converted by a task."""
+    from corral.api.routers.images import _content_length, _receive
+    from corral.compute.volume_io import check_import
+    from corral.storage import uploads
+
+    images = ctx.home.images
+    note = Note(project=query.project, detail={"source": "upload", "format": query.format})
+    try:
+        length = _content_length(request)
+        await run_in_threadpool(uploads.check_size, images, length, uploads.MAX_UPLOAD)
+        await run_in_threadpool(check_import, ctx, principal, name, query.format, query.project)
+        spooled = await run_in_threadpool(uploads.new_upload, images)
+        try:
+            note.detail["bytes"] = await _receive(request, spooled, uploads.MAX_UPLOAD)
+            task = await run_in_threadpool(
+                _import_task,
+                ctx,
+                pool,
+                principal,
+                name,
+                query,
+                spooled,
+                f"upload of volume {name!r}",
+                lambda: uploads.release(spooled),
+            )
+        except BaseException:
+            uploads.release(spooled)
+            raise
+    except CorralError as exc:
+        note.detail["error"] = exc.message
+        outcome = type(exc).__name__
+        await run_in_threadpool(
+            write_entry, ctx, principal, "volume.import", "volume", name, note, outcome
+        )
+        raise
+    response.headers["Location"] = request.url_for("get_task", task_id=task.id).path
+    return task
+
+
+def _pieces(file: BinaryIO) -> Iterator[bytes]:
+    with file:
+        while chunk := file.read(READ_BYTES):
+            yield chunk
+
+
+@router.get("/{name}/file", response_class=Response, responses=EXPORT_RESPONSES)
+def export_volume(
+    ctx: CorralDep,
+    principal: PrincipalDep,
+    name: VolumeName,
+    query: Annotated[VolumeExport, Query()],
+) -> Response:
+    """The volume converted to another format: a temporary copy, removed as it is sent."""
+    from corral.compute.volume_io import export_volume as export
+    from corral.storage.volumes import ensure_pool
+
+    pool = ensure_pool(ctx.home.root)
+    copy = export(ctx, principal, name, query.format, pool, query.project)
+    try:
+        file = copy.open("rb")
+    finally:
+        copy.unlink()  # the open file is read to its end; no name outlives the request
+    size = os.fstat(file.fileno()).st_size
+    headers = {
+        "Content-Length": str(size),
+        "Content-Disposition": f'attachment; filename="{name}.{query.format}"',
+    }
+    return StreamingResponse(_pieces(file), media_type="application/octet-stream", headers=headers)

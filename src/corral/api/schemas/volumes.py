@@ -131,3 +131,51 @@ class VolumeResize(Create):
             return parse_volume_size(value)
         except InvalidInput as exc:
             raise ValueError(exc.reason) from None
+
+
+#: The formats a volume is imported from and exported to.
+FileFormat = Literal["raw", "qcow2", "vmdk", "vdi"]
+
+
+class VolumeUploadCreate(Create):
+    """The query of ``PUT /volumes/{name}/file``: the file itself is the request body."""
+
+    format: FileFormat | None = Field(
+        default=None,
+        description="The file's format; detected from its header when left out (an OVA, a "
+        "tar of an OVF and VMDKs, only so).",
+    )
+    project: str = Field(
+        default="default", max_length=63, description="The project, by name.", examples=["p1"]
+    )
+    description: str = Field(default="", max_length=1000)
+
+
+class VolumeImport(VolumeUploadCreate):
+    """A volume imported from a file on corrald's host (``POST /volumes/import``; admins)."""
+
+    name: str = Field(
+        max_length=63,
+        description="Unique within the project; an OVA's further disks are NAME-1, NAME-2, ...",
+        examples=["data"],
+    )
+    path: str = Field(
+        min_length=1, max_length=4096, description="The file, an absolute path on the host."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def check_name(cls, value: str) -> str:
+        return _name(value)
+
+
+class VolumeExport(Create):
+    """The query of ``GET /volumes/{name}/file``."""
+
+    format: FileFormat = Field(description="The copy's format.", examples=["raw"])
+    project: str | None = Field(
+        default=None,
+        max_length=63,
+        description="The volume's project, by name; needed only when the name is in several "
+        "of the caller's projects.",
+    )

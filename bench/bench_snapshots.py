@@ -12,30 +12,103 @@ and with 1 GiB: create (pause, save RAM and device state, switch the disks, resu
 revert (destroy, new overlays, QEMU with ``-incoming defer``, load, ``cont``), each N times;
 the 256 MiB create and revert should each take under 2 s under TCG.
 
-Usage: ``.venv/bin/python bench/bench_snapshots.py [--runs 11] [--memory]``
+With ``--merge``: snapshot delete (merge) time per GiB written. A VM with a 4 GiB blank data
+disk gets a snapshot, N MiB of data written into its data disk's new layer (``qemu-io``,
+while shut off), and a second snapshot that freezes that layer; deleting the second snapshot
+merges the layer into the file built on it. Timed with the VM running under TCG
+(``block-stream`` by QEMU, the chain of both disks) and shut off (safe ``qemu-img rebase``),
+for each size in ``--sizes``; prints seconds, MiB/s and seconds per GiB written.
+
+Usage: ``.venv/bin/python bench/bench_snapshots.py [--runs 11] [--memory | --merge]``
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from corral.compute import lifecycle
+from corral.compute import lifecycle, records
 from corral.compute.context import Corral
 from corral.compute.define import CreateRequest, create, delete
 from corral.compute.reference import ensure_reference
-from corral.compute.snapshots import create_snapshot
+from corral.compute.snapshots import create_snapshot, delete_snapshot
 from corral.config import Home
 from corral.errors import CorralError
 
 TARGET_MS = 100.0
 #: Target for a 256 MiB guest's memory snapshot create and revert, each.
 MEMORY_TARGET_MS = 2000.0
+#: Target for a merge, running or shut off: seconds per GiB written into the deleted layer.
+MERGE_TARGET_S_PER_GIB = 60.0
+#: The blank data disk the merge benchmark writes into.
+MERGE_DISK = "data1"
+
+
+def _top(ctx: Corral, vm: str, disk: str) -> Path:
+    """The file ``disk`` of ``vm`` writes to now."""
+    with ctx.db.session() as session:
+        row = records.load(ctx, session, vm).row
+        assert row.disk_chain
+        top: str = json.loads(row.disk_chain)["disks"][disk][0]
+    return ctx.home.vm_dir(vm) / top
+
+
+def _fill(path: Path, mib: int) -> None:
+    """Write ``mib`` MiB of non-zero data at the start of qcow2 file ``path``."""
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {mib}M", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def merge_once(ctx: Corral, vm: str, mib: int, running: bool, tag: str) -> float:
+    """Seconds to delete a snapshot whose data-disk layer holds ``mib`` MiB."""
+    create_snapshot(ctx, vm, f"{tag}-a")
+    _fill(_top(ctx, vm, MERGE_DISK), mib)
+    create_snapshot(ctx, vm, f"{tag}-b")
+    if running:
+        lifecycle.start(ctx, vm, wait=True)
+    start = time.perf_counter()
+    delete_snapshot(ctx, vm, f"{tag}-b")
+    elapsed = time.perf_counter() - start
+    if running:
+        lifecycle.destroy(ctx, vm)
+    delete_snapshot(ctx, vm, f"{tag}-a")  # back to one layer: the next run starts alike
+    return elapsed
+
+
+def merge_bench(ctx: Corral, runs: int, sizes: list[int]) -> int:
+    """Time snapshot deletes (merges) of ``sizes`` MiB layers, running and shut off."""
+    vm = "bm-merge"
+    create(ctx, CreateRequest(name=vm, image="reference", memory="256M", data_disks=("4G",)))
+    rows: list[tuple[int, str, list[float]]] = []
+    for mib in sizes:
+        for running, how in ((True, "running"), (False, "shut off")):
+            samples = [
+                merge_once(ctx, vm, mib, running, f"{how[:3]}{mib}-{i}") for i in range(runs)
+            ]
+            rows.append((mib, how, samples))
+    print(f"snapshot delete (merge) of a layer holding N MiB, median of {runs} runs (min-max)")
+    print(f"{'MiB':>6}  {'VM':>9}  {'how':>15}  {'seconds':>22}  {'MiB/s':>7}  {'s/GiB':>6}")
+    worst = 0.0
+    for mib, how, samples in rows:
+        median = statistics.median(samples)
+        per_gib = median * 1024 / mib
+        worst = max(worst, per_gib)
+        tool = "block-stream" if how == "running" else "qemu-img rebase"
+        spread = f"{median:7.2f} ({min(samples):5.2f}-{max(samples):5.2f})"
+        print(f"{mib:>6}  {how:>9}  {tool:>15}  {spread:>22}  {mib / median:7.1f}  {per_gib:6.1f}")
+    verdict = "within" if worst < MERGE_TARGET_S_PER_GIB else "OVER"
+    print(f"worst {worst:.1f} s per GiB: {verdict} the {MERGE_TARGET_S_PER_GIB:.0f} s target")
+    return 0 if worst < MERGE_TARGET_S_PER_GIB else 1
 
 
 def memory_bench(ctx: Corral, runs: int) -> int:
@@ -88,9 +161,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--memory", action="store_true", help="snapshots with memory")
+    parser.add_argument("--merge", action="store_true", help="snapshot delete (merge) time")
+    parser.add_argument("--sizes", default="128,512", help="--merge: MiB written, comma-separated")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bs-", dir="/tmp"))
     ctx = Corral(Home(home))
+    if args.merge:
+        try:
+            ensure_reference(ctx)
+            return merge_bench(ctx, args.runs, [int(s) for s in args.sizes.split(",")])
+        finally:
+            with contextlib.suppress(CorralError):
+                lifecycle.destroy(ctx, "bm-merge")
+            with contextlib.suppress(CorralError):
+                delete(ctx, "bm-merge")
+            ctx.close()
+            shutil.rmtree(home, ignore_errors=True)
     if args.memory:
         try:
             ensure_reference(ctx)

@@ -38,7 +38,7 @@ def test_a_cdrom_boots_first_unless_told_otherwise() -> None:
 
 def test_network_boot_marks_the_nic() -> None:
     spec = build_spec(CreateRequest(name="p1", disk_size="1G", boot="network"), None)
-    assert spec.nics[0].boot and spec.cdrom is None
+    assert spec.nics[0].boot and spec.cdrom is not None and spec.cdrom.path is None
     assert not build_spec(CreateRequest(name="p2", disk_size="1G"), None).nics[0].boot
 
 

@@ -6,20 +6,29 @@ audit log of each; and the ticket book's pure rules.
 
 from __future__ import annotations
 
+import json
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from starlette.testclient import WebSocketDenialResponse
 
 from corral.access.principal import Principal, Role
 from corral.api.app import create_app
 from corral.compute.consoles import TicketBook
 from corral.compute.context import Corral
-from corral.errors import InvalidInput, Unauthenticated
+from corral.compute.state import VmState
+from corral.compute.update import UpdateRequest, plan_update
+from corral.compute.vnc import PasswordPlan, check_password, plan_password
+from corral.errors import Conflict, InvalidInput, StateError, Unauthenticated
 from corral.host.qemu_probe import parse_displays
+from corral.qemu.monitor import Monitor
 from corral.spec.validate import check_display
 from corral.spec.vm import VmSpec
+from corral.store.models import VmRow
 from tests.api.support import API, act, admin_client, audit_entries, state_dir, user_client
 from tests.unit.test_argv import make_caps
 
@@ -244,3 +253,128 @@ def test_a_vm_without_vnc_has_no_ticket(api: TestClient, running: str) -> None:
     assert refused.status_code == 409
     assert "no VNC display" in refused.json()["message"]
     assert act(api, "c2", "destroy")["status"] == "success"
+
+
+# -- VNC enable/disable and its password -------------------------------------------------------
+
+
+def _vnc_spec(password: bool = False) -> VmSpec:
+    return VmSpec.model_validate(
+        {"name": "d", "boot": KERNEL, "vnc": {"listen": "unix", "password": password}}
+    )
+
+
+def test_a_vnc_password_fits_rfb() -> None:
+    check_password("12345678")
+    for bad, reason in (("123456789", "1 to 8"), ("", "1 to 8"), ("pässwd", "ASCII")):
+        with pytest.raises(InvalidInput) as refused:
+            check_password(bad)
+        assert refused.value.field == "password" and reason in refused.value.reason
+
+
+def test_the_password_plan_follows_the_state() -> None:
+    stopped = plan_password(_vnc_spec(), VmState.SHUTOFF, None)
+    assert not stopped.live and stopped.spec is not None and stopped.spec.vnc is not None
+    assert stopped.spec.vnc.password  # password auth from the next start
+    assert plan_password(_vnc_spec(True), VmState.RUNNING, 30) == PasswordPlan(None, live=True)
+    with pytest.raises(StateError) as no_auth:
+        plan_password(_vnc_spec(), VmState.RUNNING, None)
+    assert "it is running" in no_auth.value.message and "stop it first" in no_auth.value.message
+    with pytest.raises(StateError) as expiry:
+        plan_password(_vnc_spec(True), VmState.SHUTOFF, 30)
+    assert "start it first" in expiry.value.message
+    with pytest.raises(StateError):
+        plan_password(_vnc_spec(True), VmState.STARTING, None)
+    with pytest.raises(StateError):
+        plan_password(_vnc_spec(True), VmState.PAUSED, None, clear=True)
+    cleared = plan_password(_vnc_spec(True), VmState.DEFINED, None, clear=True).spec
+    assert cleared is not None and cleared.vnc is not None and not cleared.vnc.password
+    with pytest.raises(InvalidInput) as bad:
+        plan_password(_vnc_spec(True), VmState.RUNNING, 0)
+    assert bad.value.field == "expires"
+    with pytest.raises(Conflict):
+        plan_password(VmSpec(name="d", boot=KERNEL), VmState.SHUTOFF, None)
+
+
+def test_the_display_changes_only_while_stopped() -> None:
+    bare = VmSpec(name="d", boot=KERNEL)
+    enabled = plan_update(bare, VmState.SHUTOFF, UpdateRequest(display="vnc"))
+    assert enabled.changes == {"display": ["none", "vnc"]}
+    assert enabled.spec.vnc is not None and enabled.spec.vnc.listen == "unix"
+    assert plan_update(_vnc_spec(True), VmState.RUNNING, UpdateRequest(display="vnc")).changes == {}
+    disabled = plan_update(_vnc_spec(True), VmState.DEFINED, UpdateRequest(display="none"))
+    assert disabled.spec.vnc is None and disabled.spec.display == "none"
+    for spec, display in ((bare, "vnc"), (_vnc_spec(), "none")):
+        with pytest.raises(StateError) as running:
+            plan_update(spec, VmState.RUNNING, UpdateRequest(display=display))  # type: ignore[arg-type]
+        assert "it is running" in running.value.message
+        assert "stop it first" in running.value.message
+
+
+def _security_types(client: TestClient, vm: str) -> list[int]:
+    """The RFB security types VM ``vm``'s display offers (RFB 3.8 handshake)."""
+    path = client.post(f"{API}/vms/{vm}/vnc/token").json()["path"]
+    with client.websocket_connect(path) as display:
+        assert display.receive_bytes()[:4] == b"RFB "
+        display.send_bytes(b"RFB 003.008\n")
+        offered = display.receive_bytes()
+        return list(offered[1 : 1 + offered[0]])
+
+
+@pytest.mark.tcg
+def test_vnc_is_enabled_and_given_a_password_kept_only_in_the_vms_directory(
+    ctx: Corral, api: TestClient
+) -> None:
+    body = {"name": "pw", "image": "reference", "memory": "128M", "project": "p1"}
+    made = api.post(f"{API}/vms", json=body)
+    assert made.status_code == 201, made.text
+    password_path = f"{API}/vms/pw/vnc/password"
+    with user_client(ctx, "olga") as olga:
+        none = olga.post(password_path, json={"password": "s3cret"})
+        assert none.status_code == 409 and "no VNC display" in none.json()["message"]
+        enabled = olga.patch(f"{API}/vms/pw", json={"display": "vnc"})
+        assert enabled.status_code == 200, enabled.text
+        long = olga.post(password_path, json={"password": "s3cret-too-long"})
+        assert long.status_code == 422 and long.json()["field"] == "password"
+        set_ = olga.post(password_path, json={"password": "s3cret"})
+        assert set_.status_code == 200, set_.text
+        assert set_.json() == {"vm": "pw", "password_auth": True, "live": False}
+    with user_client(ctx, "vic") as vic:
+        assert vic.post(password_path, json={"password": "x"}).status_code == 403
+    with user_client(ctx, "eve") as eve:
+        assert eve.post(password_path, json={"password": "x"}).status_code == 404
+        assert eve.patch(f"{API}/vms/pw", json={"display": "none"}).status_code == 404
+    secret = Path(ctx.home.root) / "vms" / "pw" / "vnc-password"
+    assert secret.read_text() == "s3cret" and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
+    with ctx.db.session() as session:
+        spec = session.scalars(select(VmRow.spec).where(VmRow.name == "pw")).one()
+    assert "s3cret" not in spec and json.loads(spec)["vnc"]["password"] is True
+
+    assert act(api, "pw", "start")["status"] == "success"
+    with Monitor(str(secret.parent / "qmp.sock")) as mon:  # QEMU's own view of the display
+        assert mon.execute("query-vnc")["auth"] == "vnc"
+    assert _security_types(api, "pw") == [2]  # VNC authentication, nothing without
+    live = api.post(password_path, json={"password": "n3w", "expires": 600})
+    assert live.status_code == 200 and live.json()["live"] is True
+    assert secret.read_text() == "n3w"
+    off = api.patch(f"{API}/vms/pw", json={"display": "none"})
+    assert off.status_code == 409 and "running" in off.json()["message"]
+    assert "stop it first" in off.json()["message"]
+    kept = api.delete(password_path)
+    assert kept.status_code == 409 and "running" in kept.json()["message"]
+    assert act(api, "pw", "destroy")["status"] == "success"
+
+    cleared = api.delete(password_path)
+    assert cleared.status_code == 200 and cleared.json()["password_auth"] is False
+    assert not secret.exists()
+    assert api.post(password_path, json={"password": "again"}).status_code == 200
+    disabled = api.patch(f"{API}/vms/pw", json={"display": "none"})
+    assert disabled.status_code == 200 and not secret.exists()
+    entries = audit_entries(api, "pw")
+    assert "s3cret" not in json.dumps(entries)
+    outcomes = {(e["actor"], e["action"], e["outcome"]) for e in entries}
+    assert ("olga", "vm.vnc.password", "ok") in outcomes
+    assert ("vic", "vm.vnc.password", "Forbidden") in outcomes
+    cleared_outcomes = {o for _, a, o in outcomes if a == "vm.vnc.password.clear"}
+    assert cleared_outcomes == {"StateError", "ok"} or cleared_outcomes == {"Conflict", "ok"}

@@ -290,13 +290,17 @@ def test_qmp_events(daemon: Daemon) -> None:
 
             # A command on the command monitor while corrald listens on the events monitor.
             mark = stream.mark()
+            booted = shell.log.read_text(errors="replace").count("corral-ready")
             await asyncio.to_thread(reset_through_monitor, qmp_socket)
             await stream.until(qmp_event(vm, "RESET", guest=False), "RESET (QMP)", mark)
+            await asyncio.to_thread(ready_again, shell, booted + 1)
 
             # The guest resets itself, then powers itself off.
             mark = stream.mark()
+            booted = shell.log.read_text(errors="replace").count("corral-ready")
             await asyncio.to_thread(shell.run, "(sleep 0.2; reboot -f) & true")
             await stream.until(qmp_event(vm, "RESET", guest=True), "RESET (guest)", mark)
+            await asyncio.to_thread(ready_again, shell, booted + 1)
             mark = stream.mark()
             await asyncio.to_thread(shell.run, "(sleep 0.2; poweroff -f) & true")
             await stream.until(qmp_event(vm, "SHUTDOWN", guest=True), "SHUTDOWN", mark)
@@ -315,6 +319,17 @@ def test_qmp_events(daemon: Daemon) -> None:
     run(daemon.home, "serve", "--stop")
     run(daemon.home, "serve", "--bind", daemon.tcp.removeprefix("http://"), "--detach")
     asyncio.run(after_restart())
+
+
+def ready_again(shell: GuestShell, count: int, deadline: float = 60.0) -> None:
+    """Wait until the guest's console shows its ready marker ``count`` times: its shell
+    reads what is typed again after a reboot."""
+    import time
+
+    end = time.monotonic() + deadline
+    while shell.log.read_text(errors="replace").count("corral-ready") < count:
+        assert time.monotonic() < end, "the guest did not come back after its reboot"
+        time.sleep(0.05)
 
 
 def reset_through_monitor(qmp_socket: str) -> None:

@@ -223,7 +223,9 @@ def test_roles_and_the_audit_log(ctx: Corral, api: TestClient, running: str) -> 
 
 
 @pytest.mark.tcg
-def test_reset_and_cdrom_refusals(api: TestClient, running: str, tmp_path: Path) -> None:
+def test_reset_and_cdrom_refusals(
+    ctx: Corral, api: TestClient, running: str, tmp_path: Path
+) -> None:
     reset = api.post(f"{API}/vms/{running}/reset")
     assert reset.status_code == 200, reset.text
     assert reset.json()["state"] == "running"
@@ -235,11 +237,22 @@ def test_reset_and_cdrom_refusals(api: TestClient, running: str, tmp_path: Path)
     answer = api.post(f"{API}/vms/{running}/cdrom", json={"path": str(not_iso)})
     assert answer.status_code == 422 and answer.json()["field"] == "path"
     iso = make_iso(tmp_path / "a.iso", "hello\n")
+    # A VM gets an empty drive by default: media change while it runs.
     answer = api.post(f"{API}/vms/{running}/cdrom", json={"path": str(iso)})
-    assert answer.status_code == 409, answer.text  # started without a drive: IDE has no hotplug
+    assert answer.status_code == 200, answer.text
+    assert api.delete(f"{API}/vms/{running}/cdrom").status_code == 200
+    # One started without a drive cannot get one (IDE has no hotplug): 409, stop it first.
+    from corral.compute.define import CreateRequest, create
+
+    bare = CreateRequest(name="m3", image="reference", memory="128M", extra={"cdrom": None})
+    create(ctx, bare)
+    assert act(api, "m3", "start")["status"] == "success"
+    answer = api.post(f"{API}/vms/m3/cdrom", json={"path": str(iso)})
+    assert answer.status_code == 409, answer.text
     assert "CD-ROM" in answer.json()["message"]
-    eject = api.delete(f"{API}/vms/{running}/cdrom")
+    eject = api.delete(f"{API}/vms/m3/cdrom")
     assert eject.status_code == 409, eject.text
+    assert act(api, "m3", "destroy")["status"] == "success"
 
 
 @pytest.mark.tcg

@@ -261,7 +261,14 @@ def test_recipe_module_lists_parse() -> None:
         "button",
         "evdev",
     }
-    assert parse_module_list(tools.recipe_text("modules-after-ready").decode()) == []
+    assert parse_module_list(tools.recipe_text("modules-after-ready").decode()) == [
+        "ata_piix",
+        "sr_mod",
+        "xhci_pci",
+        "usbhid",
+        "hid_generic",
+        "usb_storage",
+    ]
     assert parse_module_list("# comment\n a-b  # trailing\n\n") == ["a_b"]
 
 

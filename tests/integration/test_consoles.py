@@ -162,7 +162,6 @@ def test_a_vnc_client_grabs_the_framebuffer_through_the_websocket(
             viewer.captureScreen(str(tmp_path / "grab.png"))
         finally:
             viewer.disconnect()
-            vnc.shutdown()
         assert proc.wait(timeout=30) == 0  # --once: the viewer left, so did corral vnc
     finally:
         if proc.poll() is None:
@@ -231,3 +230,84 @@ def test_a_remote_client_attaches_with_its_token_and_not_without(ctx: Corral, ru
                 )
             with remote.open_vnc(running) as display:
                 assert display.recv(timeout=30)[:4] == b"RFB "
+
+
+def test_a_vnc_password_set_with_the_cli_refuses_a_viewer_without_it(
+    corral_home: Path, client: Client, tmp_path: Path
+) -> None:
+    from vncdotool import api as vnc
+
+    name = f"c-{uuid.uuid4().hex[:8]}"
+    client.create_vm(VmCreate(name=name, image="reference", memory="256M"))
+    env = _env(corral_home)
+    try:
+        for args, stdin in (([name, "--enable"], ""), ([name, "--password-stdin"], "pw-42\n")):
+            done = subprocess.run(
+                [CORRAL, "vnc", *args],
+                check=False,
+                env=env,
+                input=stdin,
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode == 0, done.stderr
+        assert (corral_home / "vms" / name / "vnc-password").read_text() == "pw-42"
+        assert client.wait_task(client.start_vm(name).id).status == "success"
+        proc = subprocess.Popen(
+            [CORRAL, "vnc", name],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            address = proc.stdout.readline().strip().replace(":", "::")
+            assert address.startswith("127.0.0.1::"), proc.stderr.read()
+            # A client without the password gets no further than the RFB handshake, which
+            # offers VNC authentication (type 2) and nothing else.
+            host, port = address.split("::")
+            assert _security_types(host, int(port)) == [2]
+            viewer = vnc.connect(address, password="pw-42", timeout=60)
+            try:
+                viewer.captureScreen(str(tmp_path / "grab.png"))
+            finally:
+                viewer.disconnect()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        grab = Image.open(tmp_path / "grab.png")
+        assert grab.size[0] >= 320 and grab.size[1] >= 200
+        running = subprocess.run(
+            [CORRAL, "vnc", name, "--disable"], check=False, env=env, capture_output=True, text=True
+        )
+        assert running.returncode != 0 and "stop it first" in running.stderr
+    finally:
+        with contextlib.suppress(CorralError):
+            client.wait_task(client.vm_action(name, "destroy").id)
+        client.wait_task(client.delete_vm(name).id)
+
+
+def _security_types(host: str, port: int) -> list[int]:
+    """The security types an RFB 3.8 server offers a new client."""
+    import socket
+
+    with socket.create_connection((host, port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        version = reader.read(12)
+        assert version.startswith(b"RFB 003."), version
+        sock.sendall(b"RFB 003.008\n")
+        count = reader.read(1)[0]
+        assert count > 0, "the server refused the connection"
+        return list(reader.read(count))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _vnc_reactor() -> Iterator[None]:
+    """vncdotool runs one Twisted reactor per process, which cannot start again once stopped:
+    stop it when the module's tests are done, not after each."""
+    yield
+    from vncdotool import api as vnc
+
+    vnc.shutdown()

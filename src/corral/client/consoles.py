@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from corral.api.schemas.consoles import VncTicketRead
+from corral.api.schemas.consoles import VncPasswordCreate, VncPasswordRead, VncTicketRead
 from corral.client.transport import PREFIX, ApiError, Transport, error_of, segment
 from corral.errors import HostError
 
@@ -19,6 +19,23 @@ class ConsolesApi(Transport):
     def vnc_ticket(self, name: str) -> VncTicketRead:
         """A single-use ticket, valid for a minute, that opens the VM's VNC websocket."""
         return self._post(f"/vms/{segment(name)}/vnc/token", VncTicketRead)
+
+    def set_vnc_password(
+        self, name: str, password: str, expires: int | None = None
+    ) -> VncPasswordRead:
+        """Make ``password`` the VM's VNC password (``expires``: seconds, running VMs only)."""
+        body = VncPasswordCreate(password=password, expires=expires)
+        return self._post(
+            f"/vms/{segment(name)}/vnc/password",
+            VncPasswordRead,
+            body.model_dump(exclude_none=True),
+        )
+
+    def clear_vnc_password(self, name: str) -> VncPasswordRead:
+        """Remove the VM's VNC password and password auth (stopped VMs only)."""
+        cleared = self._delete(f"/vms/{segment(name)}/vnc/password", VncPasswordRead)
+        assert cleared is not None
+        return cleared
 
     def open_console(self, name: str) -> ClientConnection:
         """The VM's serial console as a websocket (binary frames both ways); close it to

@@ -124,7 +124,7 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _project_of(ctx: Corral, name: str) -> str | None:
+def project_of(ctx: Corral, name: str) -> str | None:
     """VM ``name``'s project name, for the audit log (``None``: no such VM)."""
     if "\x00" in name:
         return None
@@ -155,7 +155,7 @@ def serial_endpoint(ctx: Corral, principal: Principal, name: str) -> Endpoint:
     :raise StateError: it does not run.
     :raise Conflict: it has no serial console.
     """
-    with audited(ctx, principal, "vm.console", "vm", name, _project_of(ctx, name)):
+    with audited(ctx, principal, "vm.console", "vm", name, project_of(ctx, name)):
         vm = _running(ctx, principal, name)
         if not vm.spec.serial.enabled:
             raise Conflict(f"vm {name!r} has no serial console")
@@ -184,7 +184,7 @@ def vnc_ticket(ctx: Corral, principal: Principal, book: TicketBook, name: str) -
     :raise StateError: it does not run.
     :raise Conflict: it has no VNC display.
     """
-    with audited(ctx, principal, "vm.vnc.token", "vm", name, _project_of(ctx, name)):
+    with audited(ctx, principal, "vm.vnc.token", "vm", name, project_of(ctx, name)):
         vnc_endpoint(_running(ctx, principal, name))
         return book.issue(name, principal)
 
@@ -202,9 +202,9 @@ def redeem_vnc(ctx: Corral, book: TicketBook, name: str, secret: str) -> Endpoin
     try:
         holder = book.redeem(secret, name)
     except Unauthenticated as exc:
-        with audited(ctx, ANONYMOUS, "vm.vnc", "vm", name, _project_of(ctx, name)):
+        with audited(ctx, ANONYMOUS, "vm.vnc", "vm", name, project_of(ctx, name)):
             raise exc from None
-    with audited(ctx, holder, "vm.vnc", "vm", name, _project_of(ctx, name)):
+    with audited(ctx, holder, "vm.vnc", "vm", name, project_of(ctx, name)):
         with ctx.db.session() as session:
             vm = records.load(ctx, session, name)
             require(name, Op.CONSOLE, vm.state)

@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,6 +67,8 @@ from corral.store.models import SnapshotRow, as_utc
 
 #: Seconds a merge by QEMU may take before the delete fails (the data stays intact).
 MERGE_TIMEOUT = 3600.0
+#: Seconds between checks that QEMU still runs a merge (a QEMU that died sends no event).
+JOB_CHECK = 1.0
 #: Seconds saving or loading a guest's memory and device state may take.
 STATE_TIMEOUT = 600.0
 
@@ -583,7 +586,7 @@ def _merge(vm: Vm, merge: Merge) -> None:
     with Monitor(vm.paths.qmp_socket) as mon:
         base_node = mon.node_for_file(backing) if backing else None
         mon.block_stream(job, mon.node_for_file(into), base_node)
-        mon.wait_job(job, MERGE_TIMEOUT)
+        _await_merge(mon, job)
         for driver in ("qcow2", "file"):
             try:
                 node = mon.node_for_file(layer, driver)
@@ -591,3 +594,32 @@ def _merge(vm: Vm, merge: Merge) -> None:
                 continue  # closed by an earlier attempt
             with contextlib.suppress(CorralError):
                 mon.blockdev_del(node)
+
+
+def _await_merge(mon: Monitor, job: str) -> None:
+    """Wait for merge job ``job`` to end, asking QEMU between events whether it still runs it.
+
+    QEMU killed mid-merge sends no event: the question fails as soon as its monitor is gone,
+    so the delete fails then (data intact, the snapshot and its record untouched), not at
+    :data:`MERGE_TIMEOUT` with the VM's lock held all along.
+
+    :raise MonitorError: the job failed, QEMU went away, or the merge outlasted the deadline.
+    """
+    deadline = time.monotonic() + MERGE_TIMEOUT
+    while True:
+        try:
+            mon.wait_job(job, min(JOB_CHECK, deadline - time.monotonic()))
+            return
+        except MonitorError as exc:
+            ended = exc
+        jobs = mon.execute("query-block-jobs")
+        if any(j.get("device") == job for j in jobs):
+            if time.monotonic() >= deadline:
+                raise ended
+            continue
+        # Gone from QEMU's list: its end event came before this answer and is queued, unless
+        # it was a failure, which ``wait_job`` already took and raised.
+        try:
+            mon.wait_job(job, JOB_CHECK)
+        except MonitorError:
+            raise ended from None

@@ -1,9 +1,12 @@
-"""Changing a defined VM: its vCPUs, its memory and its host port forwards.
+"""Changing a defined VM: its vCPUs, its memory, its host port forwards and its display.
 
 Each takes effect at the VM's next start, so a VM whose QEMU runs (``starting``,
 ``running``, ``paused``, ``stopping``) refuses a change with a
 :class:`~corral.errors.StateError` naming its state; asking for what the VM already has is
-no change and is accepted in any state.
+no change and is accepted in any state. The display in particular: QEMU adds or removes a
+VNC server only at start, so enabling VNC on a running VM and disabling it are both refused
+with the state named (stop it first), never left to the next start behind the user's back.
+Disabling VNC also forgets the VM's VNC password (:mod:`corral.compute.vnc`).
 
 :func:`plan_update` is pure: the spec as it is and what is asked give the new spec, what
 changes, and what the change asks of the project's quota (growth only: giving back is never
@@ -16,7 +19,7 @@ each fit but not both never both succeed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import update as sql_update
 
@@ -25,8 +28,9 @@ from corral.compute import records
 from corral.compute.context import Corral
 from corral.compute.define import check_ports_free, parse_forward
 from corral.compute.lifecycle import vm_lock
-from corral.compute.state import Op, VmState, require
-from corral.errors import InvalidInput
+from corral.compute.state import ALLOWED, Op, VmState, require
+from corral.compute.vnc import forget_vnc_password
+from corral.errors import InvalidInput, StateError
 from corral.spec import parse
 from corral.spec.vm import PortForward, VmSpec
 from corral.store.models import VmRow
@@ -45,6 +49,9 @@ class UpdateRequest:
     #: The host port forwards of the VM's network card, replacing its own (``()``: none),
     #: each ``[tcp|udp:][ADDR:]HOSTPORT:GUESTPORT``.
     forwards: tuple[str, ...] | None = None
+    #: ``vnc``: a VNC display on the VM's UNIX socket (kept as it is if it has one);
+    #: ``none``: no display at all.
+    display: Literal["vnc", "none"] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,8 +60,8 @@ class UpdatePlan:
 
     #: The VM's spec after the change.
     spec: VmSpec
-    #: ``[before, after]`` by field (``vcpus``, ``memory``, ``forwards``), of the fields
-    #: that change; empty when nothing does.
+    #: ``[before, after]`` by field (``vcpus``, ``memory``, ``forwards``, ``display``), of
+    #: the fields that change; empty when nothing does.
     changes: dict[str, list[Any]]
     #: What the change asks of the project's quota on top of what the VM holds.
     demand: Demand
@@ -87,6 +94,7 @@ def plan_update(spec: VmSpec, state: VmState, req: UpdateRequest) -> UpdatePlan:
             except InvalidInput as exc:
                 raise InvalidInput(f"forwards.{index}", exc.reason) from None
         data["nics"] = ({**data["nics"][0], "forwards": forwards}, *data["nics"][1:])
+    data.update(_display_data(spec, req.display))
     try:
         new = parse(VmSpec, data)
     except InvalidInput as exc:
@@ -103,6 +111,7 @@ def plan_update(spec: VmSpec, state: VmState, req: UpdateRequest) -> UpdatePlan:
         changes["forwards"] = [
             [forward_text(f) for f in nic.forwards] for nic in (spec.nics[0], new.nics[0])
         ]
+    changes.update(_display_change(spec, new, state))
     if changes:
         require(spec.name, Op.UPDATE, state)
     demand = Demand(
@@ -112,6 +121,32 @@ def plan_update(spec: VmSpec, state: VmState, req: UpdateRequest) -> UpdatePlan:
         disk=0,
     )
     return UpdatePlan(new, changes, demand)
+
+
+def _display_data(spec: VmSpec, display: str | None) -> dict[str, object]:
+    """The spec fields that give ``spec`` the display ``display`` (``None``: as it is)."""
+    if display is None or display == spec.display:
+        return {}
+    # display "vnc" alone is VNC on the UNIX socket; "none" has no VNC section.
+    return {"display": display, "vnc": None}
+
+
+def _display_change(old: VmSpec, new: VmSpec, state: VmState) -> dict[str, list[Any]]:
+    """``{"display": [before, after]}`` when the display changes from ``old`` to ``new``.
+
+    :raise StateError: it would change while the VM's QEMU runs (state ``state``).
+    """
+    if new.display == old.display:
+        return {}
+    if state not in ALLOWED[Op.UPDATE]:
+        raise StateError(
+            old.name,
+            f"change the display ({old.display} -> {new.display}) of",
+            state,
+            sorted(ALLOWED[Op.UPDATE]),
+            "QEMU adds or removes a VNC server only at start: stop it first",
+        )
+    return {"display": [old.display, new.display]}
 
 
 def update(ctx: Corral, name: str, req: UpdateRequest) -> UpdatePlan:
@@ -144,4 +179,6 @@ def update(ctx: Corral, name: str, req: UpdateRequest) -> UpdatePlan:
             session.execute(
                 sql_update(VmRow).where(VmRow.id == vm_id).values(spec=plan.spec.model_dump_json())
             )
+        if plan.spec.vnc is None:
+            forget_vnc_password(vm.paths.vnc_password)
     return plan

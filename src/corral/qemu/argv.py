@@ -45,6 +45,8 @@ NODE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")
 _QMP_CHARDEV = "charmonitor"
 _EVENTS_CHARDEV = "charevents"
 _SERIAL_CHARDEV = "charserial0"
+#: The ``secret`` object holding the VNC password.
+VNC_SECRET = "vnc-password"  # noqa: S105 (an object id)
 _FW_CODE = "fw-code"
 _FW_VARS = "fw-vars"
 #: Node name of the cloud-init seed (disk nodes always have a ``.`` in theirs).
@@ -556,7 +558,8 @@ def _display(vm: _Vm) -> list[str]:
 
     ``-nodefaults`` already leaves the VM without VGA, so ``-vga none`` is never needed. The
     VNC address goes behind an explicit ``vnc=``: as an implied first value, a path with a
-    ``=`` in it would be read as a key.
+    ``=`` in it would be read as a key. With password auth QEMU reads the password from the
+    VM's ``vnc-password`` file through a ``secret`` object, never from the command line.
     """
     vnc = vm.spec.vnc
     video = {"driver": _VIDEO_DRIVER[vm.bus], "id": "video0"}
@@ -568,4 +571,18 @@ def _display(vm: _Vm) -> list[str]:
         address = f"unix:{_opt(_socket(vm.paths.vnc_socket))}"
     else:
         address = f"127.0.0.1:{vnc.display}"
-    return ["-vnc", f"vnc={address}", *_device(vm.caps, video)]
+    if not vnc.password:
+        return ["-vnc", f"vnc={address}", *_device(vm.caps, video)]
+    secret = {
+        "qom-type": "secret",
+        "id": VNC_SECRET,
+        "file": vm.paths.vnc_password,
+        "format": "raw",
+    }
+    return [
+        "-object",
+        _json(secret),
+        "-vnc",
+        f"vnc={address},password-secret={VNC_SECRET}",
+        *_device(vm.caps, video),
+    ]

@@ -201,6 +201,18 @@ class Monitor:
         """Run one HMP command line through QMP (``human-monitor-command``); its output."""
         return str(self.execute("human-monitor-command", {"command-line": command_line}))
 
+    # -- VNC password ----------------------------------------------------------------------------
+
+    def set_vnc_password(self, password: str) -> None:
+        """Make ``password`` the VNC display's password (``set_password``); QEMU refuses it
+        unless the display was started with password auth."""
+        self.execute("set_password", {"protocol": "vnc", "password": password})
+
+    def expire_vnc_password(self, seconds: int | None) -> None:
+        """Let the VNC password expire ``seconds`` from now (``None``: never)."""
+        when = "never" if seconds is None else f"+{seconds}"
+        self.execute("expire_password", {"protocol": "vnc", "time": when})
+
     # -- removable media -------------------------------------------------------------------------
 
     def blockdev_open_tray(self, device: str, force: bool = True) -> None:

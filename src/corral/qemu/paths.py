@@ -51,6 +51,11 @@ class VmPaths:
     #: The volumes attached to the VM, by device id (see :mod:`corral.qemu.volume_nodes`).
     volumes: dict[str, ImageLayer] = field(default_factory=dict)
 
+    @property
+    def vnc_password(self) -> str:
+        """The VNC password, read by QEMU at start when the spec asks for password auth."""
+        return f"{self.root}/vnc-password"
+
     @classmethod
     def for_dir(
         cls,

@@ -198,6 +198,10 @@ class VncSpec(_Frozen):
     listen: Literal["unix", "loopback"] = "unix"
     #: Display number for ``loopback`` (port 5900 + display).
     display: int | None = Field(default=None, ge=0, le=99)
+    #: Clients authenticate with the VM's VNC password (RFB's DES challenge), which QEMU
+    #: reads at start from ``vnc-password`` in the VM's directory (mode 0600): corral keeps
+    #: it nowhere else. ``corral vnc NAME --password-stdin`` sets it.
+    password: bool = False
 
     @model_validator(mode="after")
     def check_display(self) -> VncSpec:

@@ -31,7 +31,7 @@ from corral.access.principal import Principal
 from corral.api.auth import LISTENER, PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.schemas import ERRORS, ErrorRead
-from corral.api.schemas.consoles import VncTicketRead
+from corral.api.schemas.consoles import VncPasswordCreate, VncPasswordRead, VncTicketRead
 from corral.compute.consoles import Endpoint, TicketBook, redeem_vnc, serial_endpoint, vnc_ticket
 from corral.compute.context import Corral
 from corral.errors import CorralError, HostError, Unauthenticated
@@ -72,6 +72,45 @@ def vnc_token(
     ticket = vnc_ticket(ctx, principal, tickets(request.app.state), name)
     path = f"/api/v1/vms/{quote(name, safe='')}/vnc?token={ticket.secret}"
     return VncTicketRead(token=ticket.secret, vm=ticket.vm, expires_in=ticket.expires_in, path=path)
+
+
+@router.post(
+    "/{name}/vnc/password",
+    responses={
+        403: _error("The caller's role may not operate the VM (viewers)."),
+        404: _error("No such VM (or not the caller's)."),
+        409: _error(
+            "The VM has no VNC display, or its state (named) forbids it: it runs without "
+            "password auth (stop it first), or an expiry is asked of a VM that does not run."
+        ),
+        422: _error("The password is not 1 to 8 printable ASCII characters, or bad expires."),
+    },
+)
+def set_vnc_password(
+    ctx: CorralDep, principal: PrincipalDep, name: str, body: VncPasswordCreate
+) -> VncPasswordRead:
+    """Set the VM's VNC password: its display asks for it from the next start on, and at once
+    if it runs with password auth. The password is kept in a file only corrald may read."""
+    from corral.compute.vnc import set_vnc_password as set_password
+
+    plan = set_password(ctx, principal, name, body.password, body.expires)
+    return VncPasswordRead(vm=name, password_auth=True, live=plan.live)
+
+
+@router.delete(
+    "/{name}/vnc/password",
+    responses={
+        403: _error("The caller's role may not operate the VM (viewers)."),
+        404: _error("No such VM (or not the caller's)."),
+        409: _error("The VM has no VNC display, or runs (its state named): stop it first."),
+    },
+)
+def clear_vnc_password(ctx: CorralDep, principal: PrincipalDep, name: str) -> VncPasswordRead:
+    """Remove the VM's VNC password and password auth, from its next start on."""
+    from corral.compute.vnc import clear_vnc_password as clear_password
+
+    plan = clear_password(ctx, principal, name)
+    return VncPasswordRead(vm=name, password_auth=False, live=plan.live)
 
 
 @router.websocket("/{name}/console")

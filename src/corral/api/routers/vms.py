@@ -256,7 +256,7 @@ UPDATE_RESPONSES: dict[int | str, dict[str, object]] = {
 
 @router.patch("/{name}", responses=UPDATE_RESPONSES)
 def update_vm(ctx: CorralDep, principal: PrincipalDep, name: str, body: VmUpdate) -> VmRead:
-    """Change a VM's vCPUs, memory or port forwards, for its next start; what the body
+    """Change a VM's vCPUs, memory, port forwards or display, for its next start; what the body
     leaves out stays. Growth counts against the project's quota."""
     from corral.access.audit import audited
     from corral.compute.inventory import info
@@ -273,6 +273,7 @@ def update_vm(ctx: CorralDep, principal: PrincipalDep, name: str, body: VmUpdate
                 vcpus=body.vcpus,
                 memory=body.memory,
                 forwards=None if body.forwards is None else tuple(body.forwards),
+                display=body.display,
             ),
         )
         op.detail["changes"] = plan.changes

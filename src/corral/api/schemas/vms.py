@@ -7,6 +7,8 @@ takes its one option as a query parameter (``keep_disks``).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from corral.api.schemas.base import Create
@@ -21,8 +23,8 @@ KEPT_DISK = "; kept disk "
 class VmUpdate(Create):
     """What to change of a VM (``PATCH /vms/{name}``); a field left out keeps its value.
 
-    vCPUs, memory and forwards take effect at the next start, so they may change only while
-    the VM does not run (409 naming its state otherwise); growth counts against the
+    vCPUs, memory, forwards and the display take effect at the next start, so they may change
+    only while the VM does not run (409 naming its state otherwise); growth counts against the
     project's quota (403 naming the quota).
     """
 
@@ -33,6 +35,12 @@ class VmUpdate(Create):
         max_length=64,
         description="Host port forwards replacing the VM's own ([] removes them all): "
         "[tcp|udp:][ADDR:]HOSTPORT:GUESTPORT.",
+    )
+    display: Literal["vnc", "none"] | None = Field(
+        default=None,
+        description="'vnc': a VNC display on the VM's UNIX socket (enable); 'none': no display "
+        "(disable, forgetting its VNC password). Only while the VM does not run: QEMU adds or "
+        "removes a VNC server only at start.",
     )
 
 

@@ -151,7 +151,12 @@ def test_cli_draws_the_tree_and_previews(ctx: Corral, vm: str) -> None:
 
 # -- snapshots with memory ----------------------------------------------------------------------
 
-_COUNTER = "( i=0; while :; do i=$((i+1)); echo $i > /tmp/c; sleep 0.2; done ) & :"
+#: Counts in /tmp/c, five times a second; each value is written whole (a rename), so a read
+#: never finds the file truncated and empty.
+_COUNTER = (
+    "( i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/c; sleep 0.2; "
+    "done ) & :"
+)
 
 
 def _count(shell: GuestShell) -> int:

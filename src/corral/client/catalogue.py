@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from corral.api.schemas import ImageRead, InstanceTypeRead, KeyPairRead, Page, TaskRead
 from corral.api.schemas.catalogue import ImageCreate, ImageUpdate, ImageUploadCreate, KeyPairCreate
 from corral.client.transport import Transport, segment
-from corral.errors import InvalidInput
 
 T = TypeVar("T")
 
 #: Items per request when a whole listing is read.
 PAGE = 1000
-#: Bytes per piece of an upload.
-CHUNK = 1024 * 1024
-#: Seconds to wait for the answer to an upload once it is sent: the daemon verifies the
-#: file before it answers.
-UPLOAD_TIMEOUT = 900.0
 
 
 def every(fetch: Callable[[int, int], Page[T]]) -> list[T]:
@@ -30,16 +24,6 @@ def every(fetch: Callable[[int, int], Page[T]]) -> list[T]:
         items.extend(got.items)
         if not got.items or len(items) >= got.total:
             return items
-
-
-def _pieces(path: Path, sent: Callable[[int], None] | None) -> Iterator[bytes]:
-    with path.open("rb") as file:
-        done = 0
-        while chunk := file.read(CHUNK):
-            done += len(chunk)
-            yield chunk
-            if sent is not None:
-                sent(done)
 
 
 class CatalogueApi(Transport):
@@ -76,20 +60,8 @@ class CatalogueApi(Transport):
         :param sent: told the bytes sent so far, after each piece.
         :raise InvalidInput: ``file`` cannot be read (field ``file``).
         """
-        try:
-            size = file.stat().st_size
-            file.open("rb").close()
-        except OSError as exc:
-            raise InvalidInput("file", f"{file}: {exc.strerror or exc}") from None
         params: dict[str, Any] = options.model_dump(exclude_none=True)
-        answer = self._send(
-            "PUT",
-            f"/images/{segment(name)}/file",
-            params=params,
-            content=_pieces(file, sent),
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-            timeout=UPLOAD_TIMEOUT,
-        )
+        answer = self._upload(f"/images/{segment(name)}/file", file, params, sent)
         return TaskRead.model_validate(answer.json())
 
     def update_image(self, name: str, body: ImageUpdate) -> ImageRead:

@@ -7,7 +7,7 @@ one method per endpoint.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -18,11 +18,16 @@ import httpx
 from pydantic import BaseModel
 
 from corral.api.schemas.base import ErrorRead
-from corral.errors import CorralError, HostError
+from corral.errors import CorralError, HostError, InvalidInput
 
 M = TypeVar("M", bound=BaseModel)
 
 PREFIX = "/api/v1"
+#: Bytes per piece of an upload.
+UPLOAD_CHUNK = 1024 * 1024
+#: Seconds to wait for the answer to an upload once it is sent: the daemon may check the
+#: file before it answers.
+UPLOAD_TIMEOUT = 900.0
 
 
 class ApiError(CorralError):
@@ -146,6 +151,32 @@ class Transport:
             return None
         return model.model_validate(answer.json())
 
+    def _upload(
+        self,
+        path: str,
+        file: Path,
+        params: Mapping[str, object],
+        sent: Callable[[int], None] | None = None,
+    ) -> httpx.Response:
+        """``PUT`` ``file`` as the request body, piece by piece (never whole in memory).
+
+        :param sent: told the bytes sent so far, after each piece.
+        :raise InvalidInput: ``file`` cannot be read (field ``file``).
+        """
+        try:
+            size = file.stat().st_size
+            file.open("rb").close()
+        except OSError as exc:
+            raise InvalidInput("file", f"{file}: {exc.strerror or exc}") from None
+        return self._send(
+            "PUT",
+            path,
+            params=params,
+            content=_pieces(file, sent),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            timeout=UPLOAD_TIMEOUT,
+        )
+
     @contextmanager
     def _stream(
         self, method: str, path: str, headers: Mapping[str, str] | None = None
@@ -164,6 +195,16 @@ class Transport:
 
 
 _T = TypeVar("_T", bound=Transport)
+
+
+def _pieces(path: Path, sent: Callable[[int], None] | None) -> Iterator[bytes]:
+    with path.open("rb") as file:
+        done = 0
+        while chunk := file.read(UPLOAD_CHUNK):
+            done += len(chunk)
+            yield chunk
+            if sent is not None:
+                sent(done)
 
 
 def segment(name: str) -> str:

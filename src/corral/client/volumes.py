@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlencode
 
 from corral.api.schemas import Page, TaskRead
 from corral.api.schemas.volumes import VolumeRead
-from corral.client.transport import Transport, segment
-from corral.errors import InvalidInput
-
-#: Bytes per piece of an upload.
-CHUNK = 1024 * 1024
-#: Seconds to wait for the answer to an upload once it is sent.
-UPLOAD_TIMEOUT = 900.0
-
-
-def _pieces(path: Path, sent: Callable[[int], None] | None) -> Iterator[bytes]:
-    with path.open("rb") as file:
-        done = 0
-        while chunk := file.read(CHUNK):
-            done += len(chunk)
-            yield chunk
-            if sent is not None:
-                sent(done)
+from corral.client.transport import UPLOAD_CHUNK, Transport, segment
 
 
 class VolumesApi(Transport):
@@ -155,20 +139,8 @@ class VolumesApi(Transport):
         :param sent: told the bytes sent so far, after each piece.
         :raise InvalidInput: ``file`` cannot be read (field ``file``).
         """
-        try:
-            size = file.stat().st_size
-            file.open("rb").close()
-        except OSError as exc:
-            raise InvalidInput("file", f"{file}: {exc.strerror or exc}") from None
         params = {"format": format, "project": project, "description": description}
-        answer = self._send(
-            "PUT",
-            f"/volumes/{segment(name)}/file",
-            params=params,
-            content=_pieces(file, sent),
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-            timeout=UPLOAD_TIMEOUT,
-        )
+        answer = self._upload(f"/volumes/{segment(name)}/file", file, params, sent)
         return TaskRead.model_validate(answer.json())
 
     def export_volume(
@@ -192,7 +164,7 @@ class VolumesApi(Transport):
         try:
             with os.fdopen(fd, "wb") as out, self._stream("GET", path) as answer:
                 total = int(answer.headers.get("content-length", 0))
-                for chunk in answer.iter_bytes(CHUNK):
+                for chunk in answer.iter_bytes(UPLOAD_CHUNK):
                     out.write(chunk)
                     if received is not None:
                         received(out.tell(), total)

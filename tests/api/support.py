@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -63,6 +64,31 @@ def state_dir(
                 delete(ctx, name)
         ctx.close()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", name="ctx")
+def two_projects(request: pytest.FixtureRequest) -> Iterator[Corral]:
+    """Fixture ``ctx``: a state directory for the test module (named after its
+    ``STATE_PREFIX``) with projects ``p1`` and ``p2``, and operators ``alice`` of ``p1`` and
+    ``bob`` of ``p2``. A module uses it by importing it."""
+    users = {"alice": ("operator", ["p1"]), "bob": ("operator", ["p2"])}
+    prefix = getattr(request.module, "STATE_PREFIX", "api-")
+    with state_dir(prefix, ["p1", "p2"], users) as corral:
+        yield corral
+
+
+@pytest.fixture(scope="module", name="api")
+def two_projects_admin(ctx: Corral) -> Iterator[TestClient]:
+    """Fixture ``api``: the local administrator's client on :func:`two_projects`."""
+    with admin_client(ctx) as client:
+        yield client
+
+
+def define(client: TestClient, name: str, project: str, **extra: Any) -> None:
+    """Define VM ``name`` of the reference image in ``project`` (with ``extra`` fields)."""
+    body = {"name": name, "image": "reference", "memory": "128M", "project": project, **extra}
+    answer = client.post(f"{API}/vms", json=body)
+    assert answer.status_code == 201, answer.text
 
 
 @contextlib.contextmanager

@@ -5,41 +5,23 @@ or a snapshot a linked clone reads is refused naming the clone; a running VM is 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.support import (
+from tests.api.support import (  # noqa: F401 (ctx and api are fixtures)
     API,
     act,
-    admin_client,
     audit_entries,
-    state_dir,
+    define,
+    two_projects,
+    two_projects_admin,
     user_client,
     wait_task,
 )
 
-
-@pytest.fixture(scope="module")
-def ctx() -> Iterator[Any]:
-    users = {"alice": ("operator", ["p1"]), "bob": ("operator", ["p2"])}
-    with state_dir("cl-", ["p1", "p2"], users) as corral:
-        yield corral
-
-
-@pytest.fixture(scope="module")
-def api(ctx: Any) -> Iterator[TestClient]:
-    with admin_client(ctx) as client:
-        yield client
-
-
-def define(client: TestClient, name: str, project: str, **extra: Any) -> None:
-    body = {"name": name, "image": "reference", "memory": "128M", "project": project, **extra}
-    answer = client.post(f"{API}/vms", json=body)
-    assert answer.status_code == 201, answer.text
+STATE_PREFIX = "cl-"
 
 
 def clone(client: TestClient, source: str, **body: Any) -> dict[str, Any]:
@@ -142,3 +124,18 @@ def test_refusals(ctx: Any, api: TestClient) -> None:
         assert into.status_code == 404
     assert api.get(f"{API}/vms/xc").status_code == 404
     assert not (ctx.home.vm_dir("xc")).exists()
+
+
+def test_a_clone_carries_the_vnc_password_and_starts(ctx: Any, api: TestClient) -> None:
+    import stat
+
+    define(api, "va", "p1", vnc=True)
+    answer = api.post(f"{API}/vms/va/vnc/password", json={"password": "s3cret"})
+    assert answer.status_code in (200, 201), answer.text
+    assert clone(api, "va", name="vb", mode="full")["status"] == "success"
+    copied = ctx.home.vm_dir("vb") / "vnc-password"
+    assert copied.read_text() == "s3cret"
+    assert stat.S_IMODE(copied.stat().st_mode) == 0o600
+    assert act(api, "vb", "start", wait=True)["status"] == "success"
+    assert api.get(f"{API}/vms/vb").json()["state"] == "running"
+    assert act(api, "vb", "destroy")["status"] == "success"

@@ -123,6 +123,7 @@ def test_killing_qemu_during_a_merge_leaves_clean_images_and_a_vm_that_starts(
     worker.join(timeout=60)
     assert not worker.is_alive(), "the delete still waits for a job of a dead QEMU"
     assert failure and isinstance(failure[0], CorralError), failure
+    assert "QEMU closed its monitor" in str(failure[0]), failure
     monkeypatch.undo()
 
     # The images are clean; the snapshot is still there with its file, and the chain the

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from corral.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from corral.errors import AlreadyExists, InvalidInput, NotFound
 from corral.storage.snapshots import (
     CURRENT_STATE,
     Chain,
+    DeletePlan,
     Tree,
     all_chains,
     describe_delete,
@@ -92,7 +93,7 @@ def test_delete_middle_merges_into_the_child_and_relinks_it() -> None:
 def test_delete_of_the_current_root_merges_into_the_vm_over_the_image() -> None:
     tree, chain = _line(1)
     plan = plan_delete(tree, chain, "s1", "vm")
-    assert plan.absorbed_by == CURRENT_STATE
+    assert plan.absorbed_by == (CURRENT_STATE,)
     assert {(m.layer, m.into, m.backing) for m in plan.merges} == {
         ("root.qcow2", "root-s1.qcow2", None),
         ("data.qcow2", "data-s1.qcow2", None),
@@ -101,11 +102,82 @@ def test_delete_of_the_current_root_merges_into_the_vm_over_the_image() -> None:
     assert all_chains(plan.tree, plan.chain)["root"] == ["root-s1.qcow2"]
 
 
-def test_delete_refuses_a_snapshot_two_layers_are_built_on() -> None:
+def _merges(plan: DeletePlan) -> list[tuple[str, str, str, str | None, bool]]:
+    return [(m.successor, m.disk, m.into, m.backing, m.live) for m in plan.merges]
+
+
+def test_delete_with_a_child_and_the_vm_merges_into_both() -> None:
     tree, chain = _line(2)
     back = plan_revert(tree, chain, "s1", "vm", "r1").chain  # the VM and s2 both on s1
-    with pytest.raises(Conflict, match="2 layers are built on it"):
-        plan_delete(tree, back, "s1", "vm")
+    plan = plan_delete(tree, back, "s1", "vm")
+    # The branch off the running chain first (qemu-img), the VM's own top last (QEMU).
+    assert _merges(plan) == [
+        ("s2", "data", "data-s1.qcow2", None, False),
+        ("s2", "root", "root-s1.qcow2", None, False),
+        (CURRENT_STATE, "data", "data-r1.qcow2", None, True),
+        (CURRENT_STATE, "root", "root-r1.qcow2", None, True),
+    ]
+    assert plan.absorbed_by == ("s2", CURRENT_STATE)
+    assert plan.removed == ("data.qcow2", "root.qcow2")
+    assert plan.tree.nodes["id-s2"].parent is None
+    assert plan.chain.current is None
+    assert all_chains(plan.tree, plan.chain)["root"] == ["root-r1.qcow2"]
+    lines = describe_delete(plan, "vm", running=True)
+    assert lines[0] == "snapshot 's1' is merged into s2 and the VM's current state of vm 'vm'"
+    assert "root: copy root.qcow2 into root-s1.qcow2 (with qemu-img)" in lines[2]
+    assert "root: copy root.qcow2 into root-r1.qcow2 (by QEMU while the VM runs)" in lines[4]
+    assert "disk use grows by up to 1 copies of snapshot 's1'" in lines[5]
+
+
+def test_delete_with_two_children_off_the_vm_rebases_each_onto_the_parent() -> None:
+    tree, chain = _line(2)  # s1 <- s2
+    back = plan_revert(tree, chain, "s1", "vm", "r1").chain
+    tree, chain = _take(tree, back, "s3")  # s1 <- s3, the VM on s3
+    plan = plan_delete(tree, chain, "s1", "vm")
+    assert [m for m in _merges(plan) if m[1] == "root"] == [
+        ("s2", "root", "root-s1.qcow2", None, False),
+        ("s3", "root", "root-r1.qcow2", None, True),  # s3's frozen file is in the VM's chain
+    ]
+    assert plan.absorbed_by == ("s2", "s3")
+    assert {n.parent for n in plan.tree.nodes.values()} == {None}
+    assert plan.chain == chain
+    assert all_chains(plan.tree, plan.chain)["root"] == ["root-s3.qcow2", "root-r1.qcow2"]
+
+
+def test_delete_with_three_successors_backs_each_by_the_parent_layer() -> None:
+    tree, chain = _line(3)  # s1 <- s2 <- s3; delete s2 with s3, s4 and the VM on it
+    back = plan_revert(tree, chain, "s2", "vm", "r1").chain
+    tree, chain = _take(tree, back, "s4")
+    chain = plan_revert(tree, chain, "s2", "vm", "r2").chain
+    plan = plan_delete(tree, chain, "s2", "vm")
+    assert plan.absorbed_by == ("s3", "s4", CURRENT_STATE)
+    assert [m for m in _merges(plan) if m[1] == "root"] == [
+        ("s3", "root", "root-s2.qcow2", "root.qcow2", False),
+        ("s4", "root", "root-r1.qcow2", "root.qcow2", False),
+        (CURRENT_STATE, "root", "root-r2.qcow2", "root.qcow2", True),
+    ]
+    assert {plan.tree.nodes[i].parent for i in ("id-s3", "id-s4")} == {"id-s1"}
+    assert plan.chain.current == "id-s1"
+    assert all_chains(plan.tree, plan.chain)["root"] == ["root-r2.qcow2", "root.qcow2"]
+    lines = describe_delete(plan, "vm", running=False)
+    assert all("(with qemu-img)" in line for line in lines[1:7])
+    assert "each of the 3 layers built on it: disk use grows by up to 2 copies" in lines[7]
+
+
+def test_delete_of_a_root_with_two_children_leaves_two_roots_on_the_image() -> None:
+    tree, chain = Tree(), Chain.initial(["root"])
+    tree, chain = _take(tree, chain, "base")
+    tree, chain = _take(tree, chain, "a")
+    chain = plan_revert(tree, chain, "base", "vm", "r1").chain
+    tree, chain = _take(tree, chain, "b")  # base <- a, base <- b <- the VM
+    plan = plan_delete(tree, chain, "base", "vm")
+    assert _merges(plan) == [
+        ("a", "root", "root-base.qcow2", None, False),
+        ("b", "root", "root-r1.qcow2", None, True),
+    ]
+    assert plan.removed == ("root.qcow2",)
+    assert [n.name for n in plan.tree.children(None)] == ["a", "b"]
+    assert all_chains(plan.tree, plan.chain)["root"] == ["root-b.qcow2", "root-r1.qcow2"]
 
 
 def test_delete_of_a_branch_leaf_off_the_vm_is_offline_or_a_plain_removal() -> None:

@@ -438,12 +438,20 @@ def info(name: Name, json_: Json = False) -> None:
 
 
 @app.command()
-def console(name: Name) -> None:
-    """Attach to a VM's serial console (detach with Ctrl-])."""
+def console(
+    name: Name,
+    text: Annotated[
+        bool,
+        typer.Option(
+            "--text", help="The VM's text display (display curses) instead of its serial console."
+        ),
+    ] = False,
+) -> None:
+    """Attach to a VM's serial console, or its text display (detach with Ctrl-])."""
     from corral.cli.console import attach
 
     with open_client() as api:
-        attach(api, name)
+        attach(api, name, text)
 
 
 @app.command()

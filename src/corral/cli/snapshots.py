@@ -117,8 +117,8 @@ def revert_cmd(vm: Vm, snap: Snap, dry_run: DryRun = False, detach: Detach = Fal
 
 @snapshot_app.command("delete")
 def delete_cmd(vm: Vm, snap: Snap, dry_run: DryRun = False, detach: Detach = False) -> None:
-    """Delete a snapshot, also while the VM runs: its layer is merged into the one built on
-    it (see --dry-run)."""
+    """Delete a snapshot, also while the VM runs: its layer is merged into every layer built
+    on it (see --dry-run)."""
     from corral.cli.main import _finish
 
     with open_client() as api:

@@ -37,14 +37,16 @@ class ConsolesApi(Transport):
         assert cleared is not None
         return cleared
 
-    def open_console(self, name: str) -> ClientConnection:
-        """The VM's serial console as a websocket (binary frames both ways); close it to
-        detach.
+    def open_console(self, name: str, text: bool = False) -> ClientConnection:
+        """The VM's serial console as a websocket (binary frames both ways), or with ``text``
+        the terminal of its ``curses`` display (keys as binary frames, the window's size as a
+        text frame ``{"rows": R, "columns": C}``); close it to detach.
 
         :raise ApiError: the daemon refused (no such VM, not running, not the caller's, ...).
         :raise HostError: the daemon cannot be reached.
         """
-        return self._websocket(f"/vms/{segment(name)}/console")
+        kind = "?kind=text" if text else ""
+        return self._websocket(f"/vms/{segment(name)}/console{kind}")
 
     def open_vnc(self, name: str) -> ClientConnection:
         """The VM's VNC display as a websocket carrying the RFB stream (a new ticket each time).

@@ -1,10 +1,10 @@
-"""A VM's consoles for remote users: its serial console and its VNC display.
+"""A VM's consoles for remote users: its serial console, its text display and its VNC display.
 
-corrald bridges both to the VM's own sockets (``serial.sock``, ``vnc.sock``, or VNC on
-loopback), which stay inside the VM's directory; nothing of the guest's listens anywhere
-else. Attaching is operating the VM (:attr:`~corral.access.principal.Action.OPERATE`):
-operators and admins of the VM's project attach, viewers do not, and another project's VM is
-not found.
+corrald bridges them to the VM's own sockets (``serial.sock``, ``text.sock`` for a
+``curses`` display, ``vnc.sock`` or VNC on loopback), which stay inside the VM's directory;
+nothing of the guest's listens anywhere else. Attaching is operating the VM
+(:attr:`~corral.access.principal.Action.OPERATE`): operators and admins of the VM's project
+attach, viewers do not, and another project's VM is not found.
 
 The VNC display is reached with a ticket, as a browser's noVNC reaches it: a
 :class:`TicketBook` hands out a short-lived, single-use ticket for one VM
@@ -160,6 +160,25 @@ def serial_endpoint(ctx: Corral, principal: Principal, name: str) -> Endpoint:
         if not vm.spec.serial.enabled:
             raise Conflict(f"vm {name!r} has no serial console")
         return Endpoint(path=vm.paths.serial_socket)
+
+
+def text_endpoint(ctx: Corral, principal: Principal, name: str) -> Endpoint:
+    """Where the terminal of VM ``name``'s ``curses`` display is served, once ``principal``
+    may attach to it (:mod:`corral.qemu.ptyholder`).
+
+    :raise NotFound: no such VM (or not the caller's).
+    :raise Forbidden: the caller may not operate it.
+    :raise StateError: it does not run.
+    :raise Conflict: its display is not ``curses``.
+    """
+    with audited(ctx, principal, "vm.console.text", "vm", name, project_of(ctx, name)):
+        vm = _running(ctx, principal, name)
+        if vm.spec.display != "curses":
+            raise Conflict(
+                f"vm {name!r} has no text display (its display is {vm.spec.display!r}; "
+                "define it with display 'curses')"
+            )
+        return Endpoint(path=vm.paths.text_socket)
 
 
 def vnc_endpoint(vm: records.Vm) -> Endpoint:

@@ -116,6 +116,7 @@ def start(
     :raise LaunchError: QEMU did not start (the VM is left as it was).
     :raise GuestTimeout: with ``wait``, no ready marker in time (the VM is left running).
     """
+    from corral.compute.usb import check_host_devices_of
     from corral.qemu.argv import build_argv
     from corral.spec.validate import validate_spec
 
@@ -124,6 +125,7 @@ def start(
         progress(10, "launching QEMU")
         previous = vm.state
         validate_spec(vm.spec, ctx.caps)
+        check_host_devices_of(ctx.home, vm.spec)
         argv = build_argv(vm.spec, ctx.caps, vm.paths)
         _ensure_uefi_vars(ctx, vm)
         process.clear_runtime(vm.paths)
@@ -194,20 +196,20 @@ def stop(
             if process.is_alive(proc):
                 raise
         if process.wait_exit(proc, timeout):
-            _finish_off(ctx, vm, "stopped")
+            finish_off(ctx, vm, "stopped")
             progress(95, "guest powered off")
             return Outcome(name, VmState.SHUTOFF, "guest powered off")
         if not force:
             _set(ctx, name, VmState.RUNNING, "guest ignored the ACPI power button")
             raise GuestTimeout(name, "power-off after the ACPI power button", timeout)
         progress(80, f"no ACPI power-off within {timeout:.0f} s: forcing off")
-        _force_off(vm, proc)
-        _finish_off(ctx, vm, f"forced off: no ACPI power-off within {timeout:.0f} s")
+        force_off(vm, proc)
+        finish_off(ctx, vm, f"forced off: no ACPI power-off within {timeout:.0f} s")
         progress(95, "forced off")
         return Outcome(name, VmState.SHUTOFF, "forced off after the timeout")
 
 
-def _force_off(vm: Vm, proc: process.QemuProcess) -> None:
+def force_off(vm: Vm, proc: process.QemuProcess) -> None:
     """End QEMU now: ``quit`` over QMP, then signals."""
     try:
         with Monitor(vm.paths.qmp_socket, timeout=3.0) as mon:
@@ -218,7 +220,8 @@ def _force_off(vm: Vm, proc: process.QemuProcess) -> None:
         process.kill(proc)
 
 
-def _finish_off(ctx: Corral, vm: Vm, reason: str) -> None:
+def finish_off(ctx: Corral, vm: Vm, reason: str) -> None:
+    """Record a VM whose QEMU has ended as shut off for ``reason``, its runtime files gone."""
     # QEMU's supervisor writes the exit record a moment after QEMU is gone: let it finish,
     # or it writes into the VM's directory after the clean-up (or while it is deleted).
     process.await_exit(vm.paths)
@@ -236,8 +239,8 @@ def destroy(ctx: Corral, name: str, progress: Progress = quiet) -> Outcome:
         progress(10, "forcing off")
         proc = records.find_process(vm)
         if proc is not None:
-            _force_off(vm, proc)
-        _finish_off(ctx, vm, "destroyed")
+            force_off(vm, proc)
+        finish_off(ctx, vm, "destroyed")
         progress(95, "destroyed")
         return Outcome(name, VmState.SHUTOFF, "destroyed")
 

@@ -12,13 +12,11 @@ the VM's lock:
 * **revert**, stopped only (a disk-only snapshot has no memory to go back to): new empty
   overlays on the snapshot's frozen files are made, the VM's chain recorded, then the old
   tops removed. Every other snapshot stays.
-* **delete**, running or stopped: the snapshot's frozen file is merged into the one file
-  built on it (``block-stream`` by QEMU when that file is in the running chain, a safe
-  ``qemu-img rebase`` otherwise), which is then backed by what backed the deleted layer.
-  Only that one file is written: never another snapshot's layer, never the shared image.
-  Then the row goes and the files are removed. A merge that stops half-way leaves data
-  intact (the file built on the layer holds a copy of what it read through it) and the
-  same delete can be run again.
+* **delete**, running or stopped: in :mod:`corral.compute.snapshot_merge` (its names are
+  importable from here too): the snapshot's layer is merged into every layer built on it.
+
+The records (the tree of rows, the VM's chain) are read and written through
+:mod:`corral.compute.snapshot_state`.
 """
 
 from __future__ import annotations
@@ -27,48 +25,59 @@ import contextlib
 import json
 import os
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from corral.compute import records
 from corral.compute.context import Corral
 from corral.compute.lifecycle import Progress, holding, quiet
 from corral.compute.records import Vm
-from corral.compute.state import Op, VmState, require
-from corral.errors import AlreadyExists, CorralError, MonitorError
+from corral.compute.snapshot_merge import delete_snapshot, preview_delete
+from corral.compute.snapshot_state import (
+    Preview,
+    chain_of,
+    prepare,
+    record_chain,
+    runs,
+    snapshot_rows,
+    tree_of,
+    vm_file,
+)
+from corral.compute.state import Op, VmState
+from corral.errors import AlreadyExists, MonitorError
 from corral.qemu import img, process, vmstate
 from corral.qemu.argv import overlay_nodes
 from corral.qemu.monitor import Monitor, snapshot_action
 from corral.storage.disks import DISK_MODE
 from corral.storage.snapshots import (
-    Chain,
     CreatePlan,
-    DeletePlan,
-    Merge,
     RevertPlan,
-    SnapNode,
     Tree,
     all_chains,
     check_description,
     check_snapshot_name,
-    describe_delete,
     describe_revert,
     plan_create,
-    plan_delete,
     plan_revert,
 )
 from corral.store.models import SnapshotRow, as_utc
 
-#: Seconds a merge by QEMU may take before the delete fails (the data stays intact).
-MERGE_TIMEOUT = 3600.0
-#: Seconds between checks that QEMU still runs a merge (a QEMU that died sends no event).
-JOB_CHECK = 1.0
+__all__ = [
+    "Preview",
+    "SnapshotView",
+    "check_create",
+    "create_snapshot",
+    "delete_snapshot",
+    "get_snapshot",
+    "list_snapshots",
+    "preview_delete",
+    "preview_revert",
+    "revert_op",
+    "revert_snapshot",
+]
+
 #: Seconds saving or loading a guest's memory and device state may take.
 STATE_TIMEOUT = 600.0
 
@@ -96,35 +105,6 @@ class SnapshotView:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def _rows(session: Session, vm: Vm) -> list[SnapshotRow]:
-    query = select(SnapshotRow).where(SnapshotRow.vm_id == vm.row.id)
-    return list(session.scalars(query.order_by(SnapshotRow.created_at, SnapshotRow.name)))
-
-
-def _tree(rows: list[SnapshotRow]) -> Tree:
-    return Tree(
-        {
-            r.id: SnapNode(r.id, r.name, r.parent_id, json.loads(r.layers), r.memory_file)
-            for r in rows
-        }
-    )
-
-
-def _chain(vm: Vm) -> Chain:
-    """Where the VM's disks are: from the record, or ``<disk>.qcow2`` for each writable disk."""
-    if vm.row.disk_chain:
-        saved = json.loads(vm.row.disk_chain)
-        return Chain(saved["current"], {d: files[0] for d, files in saved["disks"].items()})
-    return Chain.initial([d.name for d in vm.spec.disks if not d.readonly])
-
-
-def _record_chain(vm: Vm, tree: Tree, chain: Chain) -> None:
-    data = {"current": chain.current, "disks": all_chains(tree, chain)}
-    if vm.row.disk_chain and "base" in (saved := json.loads(vm.row.disk_chain)):
-        data["base"] = saved["base"]  # a linked clone's: files of another VM below its own
-    vm.row.disk_chain = json.dumps(data, sort_keys=True)
-
-
 def list_snapshots(ctx: Corral, name: str) -> list[SnapshotView]:
     """VM ``name``'s snapshots, oldest first.
 
@@ -132,8 +112,8 @@ def list_snapshots(ctx: Corral, name: str) -> list[SnapshotView]:
     """
     with ctx.db.session() as session:
         vm = records.load(ctx, session, name)
-        rows = _rows(session, vm)
-        current = _chain(vm).current
+        rows = snapshot_rows(session, vm)
+        current = chain_of(vm).current
         names = {r.id: r.name for r in rows}
         return [
             SnapshotView(
@@ -162,30 +142,6 @@ def get_snapshot(ctx: Corral, name: str, snap: str) -> SnapshotView:
         if view.name == snap:
             return view
     raise NotFound("snapshot", f"{name}/{snap}")
-
-
-def _file(vm: Vm, name: str) -> Path:
-    return Path(vm.paths.root) / name
-
-
-def _image(vm: Vm, disk: str) -> str | None:
-    """The file below a disk's own chain: its image (a linked clone: the source's layer)."""
-    for layer in vm.paths.disks[disk].backing:
-        if not layer.path.startswith(vm.paths.root + "/"):
-            return layer.path
-    return None
-
-
-def _prepare(ctx: Corral, name: str, op: Op) -> None:
-    """Reconcile VM ``name`` and check ``op`` may run in its state (caller holds the lock)."""
-    with ctx.db.session() as session:
-        vm = records.load(ctx, session, name)
-        records.reconcile(vm)
-        require(name, op, vm.state)
-
-
-def _live(vm: Vm) -> bool:
-    return vm.state in (VmState.RUNNING, VmState.PAUSED)
 
 
 def _new_overlay(path: Path, backing: Path) -> None:
@@ -222,7 +178,7 @@ def check_create(ctx: Corral, name: str, snap: str, description: str = "") -> No
     check_description(description)
     with ctx.db.session() as session:
         vm = records.load(ctx, session, name)
-        if any(r.name == snap for r in _rows(session, vm)):
+        if any(r.name == snap for r in snapshot_rows(session, vm)):
             raise AlreadyExists("snapshot", f"{name}/{snap}")
 
 
@@ -250,23 +206,23 @@ def create_snapshot(
     check_snapshot_name(snap)
     check_description(description)
     with holding(ctx, name, progress):
-        _prepare(ctx, name, Op.SNAPSHOT_MEMORY if memory else Op.SNAPSHOT)
+        prepare(ctx, name, Op.SNAPSHOT_MEMORY if memory else Op.SNAPSHOT)
         progress(10, "making overlays")
         with ctx.db.session() as session:
             vm = records.load(ctx, session, name)
-            tree, chain = _tree(_rows(session, vm)), _chain(vm)
+            tree, chain = tree_of(snapshot_rows(session, vm)), chain_of(vm)
             plan = plan_create(tree, chain, str(uuid.uuid4()), snap, _token(), memory)
             made: list[Path] = []
             try:
                 for overlay in plan.overlays:
-                    path = _file(vm, overlay.overlay)
-                    _new_overlay(path, _file(vm, overlay.frozen))
+                    path = vm_file(vm, overlay.overlay)
+                    _new_overlay(path, vm_file(vm, overlay.frozen))
                     made.append(path)
                 if plan.node.memory is not None:
                     progress(30, "saving the guest's memory and device state")
-                    made.append(_file(vm, plan.node.memory))
+                    made.append(vm_file(vm, plan.node.memory))
                     _save_and_switch(vm, plan, made[-1])
-                elif _live(vm):
+                elif runs(vm):
                     progress(50, "switching the disks to the overlays")
                     with Monitor(vm.paths.qmp_socket) as mon:
                         _switch_live(mon, vm, plan)
@@ -283,7 +239,7 @@ def create_snapshot(
                         vm_state=vm.state.value,
                     )
                 )
-                _record_chain(vm, Tree({**tree.nodes, plan.node.id: plan.node}), plan.chain)
+                record_chain(vm, Tree({**tree.nodes, plan.node.id: plan.node}), plan.chain)
                 session.flush()
             except BaseException:
                 for path in made:
@@ -304,9 +260,9 @@ def _switch_live(mon: Monitor, vm: Vm, plan: CreatePlan) -> None:
     try:
         actions = []
         for overlay in plan.overlays:
-            top = mon.node_for_file(str(_file(vm, overlay.frozen)))
+            top = mon.node_for_file(str(vm_file(vm, overlay.frozen)))
             tag = "s" + overlay.overlay.rsplit("-", 1)[1].removesuffix(".qcow2")
-            nodes = overlay_nodes(specs[overlay.disk], str(_file(vm, overlay.overlay)), tag)
+            nodes = overlay_nodes(specs[overlay.disk], str(vm_file(vm, overlay.overlay)), tag)
             for node in nodes:
                 mon.blockdev_add(node)
                 added.append(str(node["node-name"]))
@@ -349,13 +305,6 @@ def _save_and_switch(vm: Vm, plan: CreatePlan, state: Path) -> None:
 
 
 @dataclass(frozen=True)
-class Preview:
-    """What an operation will do, in lines for a person."""
-
-    lines: list[str]
-
-
-@dataclass(frozen=True)
 class _Revert:
     """A revert's plan and what its preview needs to know."""
 
@@ -374,12 +323,12 @@ class _Revert:
 def _revert_plan(ctx: Corral, name: str, snap: str) -> _Revert:
     with ctx.db.session() as session:
         vm = records.load(ctx, session, name)
-        rows = _rows(session, vm)
-        tree, chain = _tree(rows), _chain(vm)
+        rows = snapshot_rows(session, vm)
+        tree, chain = tree_of(rows), chain_of(vm)
         plan = plan_revert(tree, chain, snap, name, _token())
-        unsaved = any(img.has_own_data(_file(vm, top)) for top in plan.discarded)
+        unsaved = any(img.has_own_data(vm_file(vm, top)) for top in plan.discarded)
         taken_in = next(r.vm_state for r in rows if r.id == plan.target.id)
-        return _Revert(plan, unsaved, _live(vm), taken_in)
+        return _Revert(plan, unsaved, runs(vm), taken_in)
 
 
 def revert_op(ctx: Corral, name: str, snap: str) -> Op:
@@ -411,7 +360,7 @@ def revert_snapshot(ctx: Corral, name: str, snap: str, progress: Progress = quie
     with holding(ctx, name, progress):
         if revert_op(ctx, name, snap) is Op.REVERT_MEMORY:
             return _revert_memory(ctx, name, snap, progress)
-        _prepare(ctx, name, Op.REVERT)
+        prepare(ctx, name, Op.REVERT)
         revert = _revert_plan(ctx, name, snap)
         plan, said = revert.plan, revert.describe(name)
         progress(30, f"making overlays on snapshot {snap}")
@@ -420,10 +369,10 @@ def revert_snapshot(ctx: Corral, name: str, snap: str, progress: Progress = quie
             made: list[Path] = []
             try:
                 for overlay in plan.overlays:
-                    path = _file(vm, overlay.overlay)
-                    _new_overlay(path, _file(vm, overlay.frozen))
+                    path = vm_file(vm, overlay.overlay)
+                    _new_overlay(path, vm_file(vm, overlay.frozen))
                     made.append(path)
-                _record_chain(vm, _tree(_rows(session, vm)), plan.chain)
+                record_chain(vm, tree_of(snapshot_rows(session, vm)), plan.chain)
                 session.flush()
             except BaseException:
                 for path in made:
@@ -431,7 +380,7 @@ def revert_snapshot(ctx: Corral, name: str, snap: str, progress: Progress = quie
                 raise
         progress(80, "removing the discarded overlays")
         for top in plan.discarded:
-            _file(vm, top).unlink(missing_ok=True)
+            vm_file(vm, top).unlink(missing_ok=True)
         progress(95, f"reverted to {snap}")
         return Preview(said)
 
@@ -445,21 +394,21 @@ def _revert_memory(ctx: Corral, name: str, snap: str, progress: Progress) -> Pre
     from corral.qemu.argv import build_argv, incoming_argv
     from corral.spec.validate import validate_spec
 
-    _prepare(ctx, name, Op.REVERT_MEMORY)
+    prepare(ctx, name, Op.REVERT_MEMORY)
     revert = _revert_plan(ctx, name, snap)
     plan, said = revert.plan, revert.describe(name)
     assert plan.target.memory is not None
     with ctx.db.session() as session:
         vm = records.load(ctx, session, name)
-        tree = _tree(_rows(session, vm))
+        tree = tree_of(snapshot_rows(session, vm))
     validate_spec(vm.spec, ctx.caps)
     back = VmState.DEFINED if vm.state is VmState.DEFINED else VmState.SHUTOFF
     if revert.running:
         progress(10, "destroying the running VM")
         old = records.find_process(vm)
         if old is not None:
-            lifecycle._force_off(vm, old)
-        lifecycle._finish_off(ctx, vm, f"destroyed to revert to snapshot {snap}")
+            lifecycle.force_off(vm, old)
+        lifecycle.finish_off(ctx, vm, f"destroyed to revert to snapshot {snap}")
     progress(20, f"making overlays on snapshot {snap}")
     made: list[Path] = []
     chain_json = json.dumps(
@@ -468,8 +417,8 @@ def _revert_memory(ctx: Corral, name: str, snap: str, progress: Progress) -> Pre
     proc: process.QemuProcess | None = None
     try:
         for overlay in plan.overlays:
-            path = _file(vm, overlay.overlay)
-            _new_overlay(path, _file(vm, overlay.frozen))
+            path = vm_file(vm, overlay.overlay)
+            _new_overlay(path, vm_file(vm, overlay.frozen))
             made.append(path)
         paths = records.vm_paths(ctx, vm.spec, vm.paths.volumes, chain_json)
         argv = build_argv(vm.spec, ctx.caps, paths) + incoming_argv()
@@ -480,13 +429,13 @@ def _revert_memory(ctx: Corral, name: str, snap: str, progress: Progress) -> Pre
         progress(50, "loading the memory and device state")
         state = VmState.PAUSED if revert.taken_in == VmState.PAUSED.value else VmState.RUNNING
         with Monitor(paths.qmp_socket) as mon:
-            vmstate.load(mon, _file(vm, plan.target.memory), STATE_TIMEOUT)
+            vmstate.load(mon, vm_file(vm, plan.target.memory), STATE_TIMEOUT)
             if state is VmState.RUNNING:
                 mon.cont()
         with ctx.db.session() as session:
             now = records.load(ctx, session, name)
             records.set_state(now, state, f"reverted to snapshot {snap}", proc)
-            _record_chain(now, tree, plan.chain)
+            record_chain(now, tree, plan.chain)
     except BaseException as exc:
         _undo_start(ctx, vm, proc, back, f"revert to {snap} failed: {exc}")
         for path in made:
@@ -494,7 +443,7 @@ def _revert_memory(ctx: Corral, name: str, snap: str, progress: Progress) -> Pre
         raise
     progress(80, "removing the discarded overlays")
     for top in plan.discarded:
-        _file(vm, top).unlink(missing_ok=True)
+        vm_file(vm, top).unlink(missing_ok=True)
     progress(95, f"reverted to {snap}")
     return Preview(said)
 
@@ -511,115 +460,3 @@ def _undo_start(
         now = records.load(ctx, session, vm.name)
         if now.state is VmState.STARTING:
             records.set_state(now, back, reason)
-
-
-# -- delete -----------------------------------------------------------------------------------
-
-
-def _delete_plan(ctx: Corral, name: str, snap: str) -> tuple[DeletePlan, bool]:
-    """The plan, and whether the VM runs."""
-    from corral.compute.clone import check_no_linked_clones
-
-    with ctx.db.session() as session:
-        vm = records.load(ctx, session, name)
-        plan = plan_delete(_tree(_rows(session, vm)), _chain(vm), snap, name)
-        removed = [str(_file(vm, f)) for f in plan.removed]
-        check_no_linked_clones(session, "snapshot", f"{name}/{snap}", removed)
-        return plan, _live(vm)
-
-
-def preview_delete(ctx: Corral, name: str, snap: str) -> Preview:
-    """What deleting snapshot ``snap`` merges into what; nothing changes.
-
-    :raise NotFound: no such VM or snapshot.
-    :raise Conflict: two layers are built on the snapshot.
-    """
-    plan, running = _delete_plan(ctx, name, snap)
-    return Preview(describe_delete(plan, name, running))
-
-
-def delete_snapshot(ctx: Corral, name: str, snap: str, progress: Progress = quiet) -> Preview:
-    """Delete snapshot ``snap`` of VM ``name`` (running or not), merging its layer into the
-    one built on it.
-
-    :raise NotFound: no such snapshot.
-    :raise Conflict: two layers are built on it.
-    :raise StateError: the VM is starting or stopping.
-    :raise MonitorError: QEMU's merge failed (data intact; the delete can be run again).
-    :raise ToolError: qemu-img's merge failed (likewise).
-    """
-    with holding(ctx, name, progress):
-        _prepare(ctx, name, Op.SNAPSHOT_DELETE)
-        plan, running = _delete_plan(ctx, name, snap)
-        said = describe_delete(plan, name, running)
-        with ctx.db.session() as session:
-            vm = records.load(ctx, session, name)
-        for index, merge in enumerate(plan.merges):
-            progress(
-                10 + 70 * index // len(plan.merges), f"merging {merge.layer} into {merge.into}"
-            )
-            _merge(vm, merge)
-        with ctx.db.session() as session:
-            vm = records.load(ctx, session, name)
-            rows = {r.id: r for r in _rows(session, vm)}
-            for node_id, node in plan.tree.nodes.items():
-                rows[node_id].parent_id = node.parent
-            session.flush()
-            session.delete(rows[plan.target.id])
-            _record_chain(vm, plan.tree, plan.chain)
-        progress(90, "removing the merged files")
-        for file in plan.removed:
-            _file(vm, file).unlink(missing_ok=True)
-        progress(95, f"snapshot {snap} deleted")
-        return Preview(said)
-
-
-def _merge(vm: Vm, merge: Merge) -> None:
-    """Copy ``merge.layer`` into ``merge.into``, which is then backed by what backed it."""
-    backing = str(_file(vm, merge.backing)) if merge.backing else _image(vm, merge.disk)
-    into = str(_file(vm, merge.into))
-    if not (merge.live and _live(vm)):
-        img.rebase(into, backing, "qcow2")
-        return
-    layer = str(_file(vm, merge.layer))
-    job = f"corral-merge-{merge.disk}"
-    with Monitor(vm.paths.qmp_socket) as mon:
-        base_node = mon.node_for_file(backing) if backing else None
-        mon.block_stream(job, mon.node_for_file(into), base_node)
-        _await_merge(mon, job)
-        for driver in ("qcow2", "file"):
-            try:
-                node = mon.node_for_file(layer, driver)
-            except MonitorError:
-                continue  # closed by an earlier attempt
-            with contextlib.suppress(CorralError):
-                mon.blockdev_del(node)
-
-
-def _await_merge(mon: Monitor, job: str) -> None:
-    """Wait for merge job ``job`` to end, asking QEMU between events whether it still runs it.
-
-    QEMU killed mid-merge sends no event: the question fails as soon as its monitor is gone,
-    so the delete fails then (data intact, the snapshot and its record untouched), not at
-    :data:`MERGE_TIMEOUT` with the VM's lock held all along.
-
-    :raise MonitorError: the job failed, QEMU went away, or the merge outlasted the deadline.
-    """
-    deadline = time.monotonic() + MERGE_TIMEOUT
-    while True:
-        try:
-            mon.wait_job(job, min(JOB_CHECK, deadline - time.monotonic()))
-            return
-        except MonitorError as exc:
-            ended = exc
-        jobs = mon.execute("query-block-jobs")
-        if any(j.get("device") == job for j in jobs):
-            if time.monotonic() >= deadline:
-                raise ended
-            continue
-        # Gone from QEMU's list: its end event came before this answer and is queued, unless
-        # it was a failure, which ``wait_job`` already took and raised.
-        try:
-            mon.wait_job(job, JOB_CHECK)
-        except MonitorError:
-            raise ended from None

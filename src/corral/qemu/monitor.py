@@ -308,27 +308,52 @@ class Monitor:
     def wait_job(self, job_id: str, timeout: float) -> None:
         """Wait until block job ``job_id`` has ended (it finalises and dismisses itself).
 
-        :raise MonitorError: the job failed, was cancelled, or did not end within ``timeout``.
-        """
-        import time
+        A QEMU that dies sends no event: when the monitor connection closes and no event is
+        left to read, the wait fails at once rather than at ``timeout``.
 
-        deadline = time.monotonic() + timeout
+        :raise MonitorError: the job failed or was cancelled, QEMU closed the connection,
+            or the job did not end within ``timeout``.
+        """
+        from qemu.qmp.protocol import Runstate
+
         ends = ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED", "BLOCK_JOB_ERROR")
-        while True:
-            left = deadline - time.monotonic()
-            event = self.wait_event(ends, max(left, 0.0)) if left > 0 else None
-            if event is None:
-                raise MonitorError("block-job", f"job {job_id} did not end within {timeout:.0f} s")
-            data = event.get("data", {})
-            if data.get("device") != job_id:
-                continue
-            if event["event"] == "BLOCK_JOB_CANCELLED":
-                raise MonitorError("block-job", f"job {job_id} was cancelled")
-            if event["event"] == "BLOCK_JOB_ERROR":
-                raise MonitorError("block-job", f"job {job_id}: I/O error ({data})")
-            if data.get("error"):
-                raise MonitorError("block-job", f"job {job_id}: {data['error']}")
-            return
+        client, listener = self._client, self._listener
+        if client is None:
+            raise MonitorError("block-job", "not connected", {"job": job_id})
+
+        async def next_end() -> dict[str, Any] | None:
+            while True:
+                if listener.empty() and client.runstate is not Runstate.RUNNING:
+                    return None
+                get = asyncio.ensure_future(listener.get())
+                gone = asyncio.ensure_future(client.runstate_changed())
+                try:
+                    await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (get, gone):
+                        task.cancel()
+                    await asyncio.gather(get, gone, return_exceptions=True)
+                if get.cancelled() or get.exception() is not None:
+                    continue
+                event = dict(get.result())
+                if event["event"] in ends and event.get("data", {}).get("device") == job_id:
+                    return event
+
+        try:
+            event = self._run(next_end(), timeout=max(timeout, 0.001))
+        except TimeoutError as exc:
+            raise MonitorError(
+                "block-job", f"job {job_id} did not end within {timeout:.0f} s"
+            ) from exc
+        if event is None:
+            raise MonitorError("block-job", f"job {job_id}: QEMU closed its monitor (it is gone)")
+        data = event.get("data", {})
+        if event["event"] == "BLOCK_JOB_CANCELLED":
+            raise MonitorError("block-job", f"job {job_id} was cancelled")
+        if event["event"] == "BLOCK_JOB_ERROR":
+            raise MonitorError("block-job", f"job {job_id}: I/O error ({data})")
+        if data.get("error"):
+            raise MonitorError("block-job", f"job {job_id}: {data['error']}")
 
     # -- file descriptors and migration --------------------------------------------------------
 

@@ -52,6 +52,11 @@ class VmPaths:
     volumes: dict[str, ImageLayer] = field(default_factory=dict)
 
     @property
+    def text_socket(self) -> str:
+        """The terminal of a QEMU with a ``curses`` display (:mod:`corral.qemu.ptyholder`)."""
+        return f"{self.root}/text.sock"
+
+    @property
     def vnc_password(self) -> str:
         """The VNC password, read by QEMU at start when the spec asks for password auth."""
         return f"{self.root}/vnc-password"

@@ -6,17 +6,23 @@ killing or restarting corral never stops a guest, and any later command re-adopt
 in its record, checked against the process start time so that a reused PID is never mistaken
 for the guest. The exit record tells a clean end (status 0: guest power-off, ``quit``) from a
 crash (non-zero, killed by a signal) or a vanished process (no record at all).
+
+A QEMU that draws a ``curses`` display runs on a terminal of its own: the supervisor then runs
+under a terminal holder (:mod:`corral.qemu.ptyholder`) that keeps the terminal and serves it
+on the VM's ``text.sock``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -153,7 +159,13 @@ def rotate_logs(paths: VmPaths) -> None:
 
 def clear_runtime(paths: VmPaths) -> None:
     """Remove what a previous run left: sockets, pidfile, exit record, runtime record."""
-    sockets = (paths.qmp_socket, paths.events_socket, paths.serial_socket, paths.vnc_socket)
+    sockets = (
+        paths.qmp_socket,
+        paths.events_socket,
+        paths.serial_socket,
+        paths.vnc_socket,
+        paths.text_socket,
+    )
     for name in (*sockets, paths.pidfile):
         Path(name).unlink(missing_ok=True)
     exit_path(paths).unlink(missing_ok=True)
@@ -177,7 +189,16 @@ def launch(argv: Sequence[str], paths: VmPaths, timeout: float = 30.0) -> QemuPr
         # setsid -f forks: the supervisor is re-parented to init at once, in its own session,
         # so it outlives this process and is never left a zombie of a long-lived corral.
         subprocess.run(
-            ["setsid", "-f", "/bin/sh", "-c", _SUPERVISOR, "corral-qemu", *argv],
+            [
+                "setsid",
+                "-f",
+                *_holder(argv, paths),
+                "/bin/sh",
+                "-c",
+                _SUPERVISOR,
+                "corral-qemu",
+                *argv,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -210,6 +231,27 @@ def launch(argv: Sequence[str], paths: VmPaths, timeout: float = 30.0) -> QemuPr
         Path(paths.root)
     )
     return proc
+
+
+def wants_terminal(argv: Sequence[str]) -> bool:
+    """Whether the QEMU of ``argv`` draws its display on its own terminal (``curses``)."""
+    return any(
+        flag == "-display" and value.split(",")[0] == "curses"
+        for flag, value in itertools.pairwise(argv)
+    )
+
+
+def _holder(argv: Sequence[str], paths: VmPaths) -> list[str]:
+    """The terminal holder to run the supervisor under, for a QEMU that needs a terminal.
+
+    The holder is a file of the standard library only, run isolated (``-I``): it needs
+    nothing of corral's installation.
+    """
+    if not wants_terminal(argv):
+        return []
+    from corral.qemu import ptyholder
+
+    return [sys.executable, "-I", ptyholder.__file__, paths.text_socket, "--"]
 
 
 def parent_pid(pid: int) -> int | None:

@@ -54,7 +54,8 @@ def check_display(spec: VmSpec, caps: HostCaps, environ: Mapping[str, str]) -> N
 
     A window (``sdl``, ``gtk``) needs that front end in this QEMU and a graphical session in
     the environment QEMU inherits (``$DISPLAY`` or ``$WAYLAND_DISPLAY``). ``curses`` draws on
-    QEMU's own terminal, and corral runs QEMU detached, without one.
+    the terminal corral gives QEMU (:mod:`corral.qemu.ptyholder`), reached with ``corral
+    console --text``.
 
     :param environ: the environment QEMU is started with.
     :raise InvalidInput: (field ``display``) naming the mode and what the host offers.
@@ -69,13 +70,7 @@ def check_display(spec: VmSpec, caps: HostCaps, environ: Mapping[str, str]) -> N
             f"this host's QEMU has no {mode!r} display; it offers {', '.join(offered)}"
             + (" (apt-get install qemu-system-gui)" if mode in ("sdl", "gtk") else ""),
         )
-    if mode == "curses":
-        raise InvalidInput(
-            "display",
-            "'curses' draws on QEMU's own terminal and corral runs QEMU detached without one; "
-            "use vnc, or the serial console (corral console)",
-        )
-    if not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")):
+    if mode != "curses" and not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")):
         raise InvalidInput(
             "display",
             f"{mode!r} opens a window, and corral runs QEMU without a graphical session "

@@ -13,11 +13,13 @@ empty ones on the snapshot's frozen files. So:
 * the chain QEMU opens for a disk is its top, then the frozen files from the current
   snapshot up to the root (:func:`disk_chain`).
 
-Deleting a snapshot merges its frozen file into the one file that depends on it (the frozen
-file of its single child, or the VM's top when the VM sits on it): that file absorbs the
-deleted layer's data and is then backed by what backed the deleted layer. The other
-snapshots' frozen files are never written, nor is the shared image. A snapshot that two
-files depend on (several children, or a child and the VM itself) is refused.
+Deleting a snapshot merges its frozen file into every file that depends on it (the frozen
+file of each child, and the VM's top when the VM sits on it): each of them absorbs the
+deleted layer's data and is then backed by what backed the deleted layer. With ``k``
+successors the layer's data ends up ``k`` times on disk (``k - 1`` copies more than
+before). Only the successors are written: never another snapshot's layer, nor the shared
+image. Each merge stands alone, so one that stops part-way leaves every file reading as
+before and the delete can be run again.
 
 Every plan here is a pure value: the service (:mod:`corral.compute.snapshots`) applies it.
 """
@@ -226,8 +228,9 @@ def plan_revert(tree: Tree, chain: Chain, name: str, vm: str, token: str) -> Rev
 
 @dataclass(frozen=True)
 class Merge:
-    """One disk's part of a delete: ``layer`` is merged into ``into``, which is then backed
-    by ``backing`` (``None``: the disk's image, or nothing for a blank disk)."""
+    """One disk's part of a delete for one successor: ``layer`` is merged into ``into``,
+    which is then backed by ``backing`` (``None``: the disk's image, or nothing for a blank
+    disk)."""
 
     disk: str
     layer: str
@@ -235,6 +238,8 @@ class Merge:
     backing: str | None
     #: Whether ``into`` is in the chain the running VM has open (merged by QEMU, not qemu-img).
     live: bool
+    #: What ``into`` belongs to: a child snapshot's name, or :data:`CURRENT_STATE`.
+    successor: str = ""
 
 
 @dataclass(frozen=True)
@@ -242,11 +247,12 @@ class DeletePlan:
     """What deleting a snapshot does."""
 
     target: SnapNode
-    #: Merges, one per disk; empty when nothing depends on the snapshot (a leaf the VM is
-    #: not on): its files are simply removed.
+    #: Merges, one per successor and disk, those off the running chain first; empty when
+    #: nothing depends on the snapshot (a leaf the VM is not on): its files are removed.
     merges: tuple[Merge, ...]
-    #: The snapshot or ``"the VM's current state"`` that absorbs the layer; ``None`` if none.
-    absorbed_by: str | None
+    #: The successors that absorb the layer: child snapshots' names, and
+    #: :data:`CURRENT_STATE` when the VM sits on the snapshot.
+    absorbed_by: tuple[str, ...]
     #: The frozen files removed at the end.
     removed: tuple[str, ...]
     #: The tree and position afterwards.
@@ -259,46 +265,47 @@ CURRENT_STATE = "the VM's current state"
 
 
 def plan_delete(tree: Tree, chain: Chain, name: str, vm: str) -> DeletePlan:
-    """Delete snapshot ``name``: merge its frozen files into the one thing that depends on
-    them (its single child, or the VM when it sits on the snapshot).
+    """Delete snapshot ``name``: merge its frozen files into every file built on them (the
+    frozen file of each child, and the VM's top when the VM sits on the snapshot).
+
+    Each successor absorbs the layer on its own and is then backed by the layer's parent
+    (or the image), so the merges are independent: each one alone leaves a consistent
+    state, whichever have run. A successor that has absorbed the layer holds a copy of
+    every cluster it used to read through it, so it reads the same whether the layer is
+    still below it or not. The recorded tree and chain, which still name the layer until
+    the delete completes, therefore stay true after a merge that stopped part-way: a VM
+    started from them opens the layer below a successor that no longer needs it, and sees
+    the same data; the same delete run again re-does the merges (a done one is a no-op).
 
     :raise NotFound: no such snapshot.
-    :raise Conflict: two things depend on it (several children, or a child and the VM).
     """
     target = tree.by_name(name, vm)
     children = tree.children(target.id)
-    dependants: list[str] = [c.name for c in children]
-    if chain.current == target.id:
-        dependants.append(CURRENT_STATE)
-    if len(dependants) > 1:
-        raise Conflict(
-            f"cannot delete snapshot {name!r} of vm {vm!r}: {len(dependants)} layers are built "
-            f"on it ({', '.join(dependants)}); merging it would need a copy for each. Delete "
-            "all but one of its children first"
-        )
     live_ids = {n.id for n in tree.ancestry(chain.current)}
-    nodes = {k: v for k, v in tree.nodes.items() if k != target.id}
-    new_chain = chain
-    merges: list[Merge] = []
-    for disk, layer in sorted(target.layers.items()):
-        parent_layer = None
-        if target.parent is not None:
-            parent_layer = tree.nodes[target.parent].layers.get(disk)
-        if children:
-            into = children[0].layers.get(disk)
-        else:
-            into = chain.tops.get(disk) if chain.current == target.id else None
-        if into is not None:
-            merges.append(Merge(disk, layer, into, parent_layer, target.id in live_ids))
-    absorbed_by = dependants[0] if dependants else None
-    if children:
-        nodes[children[0].id] = replace(children[0], parent=target.parent)
+    successors: list[tuple[str, Mapping[str, str], bool]] = [
+        (c.name, c.layers, c.id in live_ids) for c in children
+    ]
     if chain.current == target.id:
-        new_chain = replace(chain, current=target.parent)
+        successors.append((CURRENT_STATE, chain.tops, True))
+    merges: list[Merge] = []
+    for successor, files, live in successors:
+        for disk, layer in sorted(target.layers.items()):
+            into = files.get(disk)
+            if into is None:
+                continue
+            parent_layer = None
+            if target.parent is not None:
+                parent_layer = tree.nodes[target.parent].layers.get(disk)
+            merges.append(Merge(disk, layer, into, parent_layer, live, successor))
+    merges.sort(key=lambda m: (m.live, m.successor, m.disk))
+    nodes = {k: v for k, v in tree.nodes.items() if k != target.id}
+    for child in children:
+        nodes[child.id] = replace(child, parent=target.parent)
+    new_chain = replace(chain, current=target.parent) if chain.current == target.id else chain
     return DeletePlan(
         target,
         tuple(merges),
-        absorbed_by,
+        tuple(s[0] for s in successors),
         (*sorted(target.layers.values()), *([target.memory] if target.memory else [])),
         Tree(nodes),
         new_chain,
@@ -315,7 +322,8 @@ def describe_delete(plan: DeletePlan, vm: str, running: bool) -> list[str]:
         return [f"snapshot {name!r} has nothing built on it: its files are removed"] + [
             f"remove {f}" for f in plan.removed
         ]
-    lines = [f"snapshot {name!r} is merged into {plan.absorbed_by} of vm {vm!r}"]
+    into = " and ".join(plan.absorbed_by)
+    lines = [f"snapshot {name!r} is merged into {into} of vm {vm!r}"]
     for merge in plan.merges:
         below = merge.backing or "the disk's image"
         how = "by QEMU while the VM runs" if merge.live and running else "with qemu-img"
@@ -323,6 +331,13 @@ def describe_delete(plan: DeletePlan, vm: str, running: bool) -> list[str]:
             f"{merge.disk}: copy {merge.layer} into {merge.into} ({how}); "
             f"{merge.into} is then backed by {below}"
         )
+    count = len(plan.absorbed_by)
+    if count > 1:
+        lines.append(
+            f"its data is copied into each of the {count} layers built on it: disk use grows "
+            f"by up to {count - 1} copies of snapshot {name!r}'s layer"
+        )
+    lines.append("nothing is lost: every other snapshot and the VM's state read as before")
     lines += [f"remove {f}" for f in plan.removed]
     return lines
 

@@ -1,5 +1,9 @@
-"""``/vms/{name}/console`` and ``/vms/{name}/vnc``: a VM's serial console and VNC display as
-websockets, bytes both ways.
+"""``/vms/{name}/console`` and ``/vms/{name}/vnc``: a VM's serial console, its text display
+and its VNC display as websockets, bytes both ways.
+
+``/vms/{name}/console?kind=text`` is the terminal of a VM whose display is ``curses``: binary
+frames carry the keyboard, a text frame ``{"rows": R, "columns": C}`` sets the terminal's
+size (curses redraws the whole screen), and what comes back is the terminal's output.
 
 The serial console is authenticated as every endpoint is (``Authorization: Bearer`` over TCP,
 the local administrator on the UNIX socket). The VNC websocket takes a single-use ticket in
@@ -19,22 +23,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+from collections.abc import Callable
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
+from starlette.types import Message
 
 from corral.access.principal import Principal
 from corral.api.auth import LISTENER, PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.schemas import ERRORS, ErrorRead
 from corral.api.schemas.consoles import VncPasswordCreate, VncPasswordRead, VncTicketRead
-from corral.compute.consoles import Endpoint, TicketBook, redeem_vnc, serial_endpoint, vnc_ticket
+from corral.compute.consoles import (
+    Endpoint,
+    TicketBook,
+    redeem_vnc,
+    serial_endpoint,
+    text_endpoint,
+    vnc_ticket,
+)
 from corral.compute.context import Corral
-from corral.errors import CorralError, HostError, Unauthenticated
+from corral.errors import CorralError, HostError, InvalidInput, Unauthenticated
+from corral.qemu.ptyholder import data_frame, size_frame
 
 router = APIRouter(prefix="/vms", tags=["consoles"], responses=ERRORS)
 
@@ -114,18 +129,22 @@ def clear_vnc_password(ctx: CorralDep, principal: PrincipalDep, name: str) -> Vn
 
 
 @router.websocket("/{name}/console")
-async def serial_console(websocket: WebSocket, name: str) -> None:
-    """The VM's serial console: what the guest writes, and what the client sends as its
-    keyboard (binary or text frames)."""
+async def serial_console(websocket: WebSocket, name: str, kind: str = "serial") -> None:
+    """The VM's serial console (``kind=serial``): what the guest writes, and what the client
+    sends as its keyboard (binary or text frames); or the terminal of its ``curses`` display
+    (``kind=text``)."""
     ctx: Corral = websocket.app.state.corral
     try:
+        if kind not in ("serial", "text"):
+            raise InvalidInput("kind", f"{kind[:40]!r} is not a console kind: serial or text")
         principal = await run_in_threadpool(_principal, ctx, websocket)
-        endpoint = await run_in_threadpool(serial_endpoint, ctx, principal, name)
+        find = text_endpoint if kind == "text" else serial_endpoint
+        endpoint = await run_in_threadpool(find, ctx, principal, name)
         streams = await _open(endpoint, name)
     except CorralError as exc:
         await _refuse(websocket, exc)
         return
-    await _bridge(websocket, *streams)
+    await _bridge(websocket, *streams, encode=_terminal_frame if kind == "text" else _keys)
 
 
 @router.websocket("/{name}/vnc")
@@ -184,10 +203,33 @@ async def _refuse(websocket: WebSocket, exc: CorralError) -> None:
         await websocket.close(REFUSED, reason=exc.message[:120])
 
 
+def _keys(message: Message) -> bytes:
+    """What a serial console's client sends, as bytes: binary frames, or text as UTF-8."""
+    data = message.get("bytes")
+    return data if data is not None else (message.get("text") or "").encode()
+
+
+def _terminal_frame(message: Message) -> bytes:
+    """What a text display's client sends, framed for the terminal holder: binary frames are
+    keys, a text frame ``{"rows": R, "columns": C}`` a size (anything else is ignored)."""
+    data = message.get("bytes")
+    if data is not None:
+        return data_frame(data)
+    try:
+        size = json.loads(message.get("text") or "")
+        return size_frame(int(size["rows"]), int(size["columns"]))
+    except (ValueError, TypeError, KeyError):
+        return b""
+
+
 async def _bridge(
-    websocket: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    websocket: WebSocket,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    encode: Callable[[Message], bytes] = _keys,
 ) -> None:
-    """Accept ``websocket`` and copy bytes both ways until either side ends."""
+    """Accept ``websocket`` and copy bytes both ways until either side ends; what the client
+    sends goes through ``encode``."""
     asked = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=BINARY if BINARY in asked else None)
 
@@ -196,10 +238,7 @@ async def _bridge(
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            data = message.get("bytes")
-            if data is None:
-                data = (message.get("text") or "").encode()
-            writer.write(data)
+            writer.write(encode(message))
             await writer.drain()
 
     async def downstream() -> None:

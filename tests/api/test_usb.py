@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,11 +14,20 @@ from sqlalchemy import select
 
 from corral.compute.context import Corral
 from corral.compute.define import CreateRequest, create
-from corral.compute.usb import check_kind, plan_add, plan_remove
-from corral.errors import Conflict, InvalidInput, NotFound
+from corral.compute.settings import SETTINGS_FILE, load_settings
+from corral.compute.usb import (
+    check_host_allowed,
+    check_host_devices,
+    check_kind,
+    parse_host_id,
+    plan_add,
+    plan_remove,
+)
+from corral.errors import Conflict, Forbidden, InvalidInput, NotFound
+from corral.host.usb import read_devices
 from corral.spec.vm import UsbDeviceSpec, VmSpec
 from corral.store.models import VmRow, VolumeRow
-from tests.api.support import API, admin_client, audit_entries, state_dir, user_client
+from tests.api.support import API, act, admin_client, audit_entries, state_dir, user_client
 
 
 @dataclass
@@ -64,8 +74,7 @@ def test_add_list_remove_tablet(world: World) -> None:
 
 def test_refusals_name_the_field(world: World) -> None:
     host = world.alice.post(f"{API}/vms/u1/usb", json={"device": "usb-host"})
-    assert host.status_code == 422 and host.json()["field"] == "device"
-    assert "not supported on this host" in host.json()["message"]
+    assert host.status_code == 422 and host.json()["field"] == "host"
     odd = world.alice.post(f"{API}/vms/u1/usb", json={"device": "usb-mouse"})
     assert odd.status_code == 422 and odd.json()["field"] == "device"
     bare = world.alice.post(f"{API}/vms/u1/usb", json={"device": "usb-storage"})
@@ -131,3 +140,118 @@ def test_pure_rules() -> None:
         plan_remove(spec, tablet.id)
     with pytest.raises(InvalidInput):
         check_kind("usb-host", None)
+    assert check_kind("usb-host", None, "046d:c52b") == "usb-host"
+    with pytest.raises(InvalidInput) as extra:
+        check_kind("usb-kbd", None, "046d:c52b")
+    assert extra.value.field == "host"
+
+
+# -- host USB passthrough ---------------------------------------------------------------------
+
+
+def _allow(ctx: Corral, *ids: str) -> None:
+    quoted = ", ".join(f'"{i}"' for i in ids)
+    (ctx.home.root / SETTINGS_FILE).write_text(f"[usb]\nhost_allow = [{quoted}]\n")
+
+
+def test_host_passthrough_is_for_admins_and_allowed_devices(world: World) -> None:
+    _allow(world.ctx, "046d:c52b")
+    url = f"{API}/vms/u1/usb"
+    operator = world.alice.post(url, json={"device": "usb-host", "host": "046d:c52b"})
+    assert operator.status_code == 403, operator.text
+    assert "admins only" in operator.json()["message"]
+    for bad in ("046D:C52B", "46d:c52b", "046d-c52b", "046d:c52b,x=1"):
+        odd = world.local.post(url, json={"device": "usb-host", "host": bad})
+        assert odd.status_code == 422 and odd.json()["field"] == "host", bad
+    other = world.local.post(url, json={"device": "usb-host", "host": "0781:5583"})
+    assert other.status_code == 422 and other.json()["field"] == "host"
+    assert "host_allow" in other.json()["message"] and SETTINGS_FILE in other.json()["message"]
+    assert _spec(world.ctx, "u1").usb == ()
+
+    added = world.local.post(url, json={"device": "usb-host", "host": "046d:c52b"})
+    assert added.status_code == 201, added.text
+    usb = added.json()
+    assert re.fullmatch(r"usb-host-[0-9a-f]{8}", usb["id"]) and usb["host"] == "046d:c52b"
+    (device,) = _spec(world.ctx, "u1").usb
+    assert (device.vendorid, device.productid) == (0x046D, 0xC52B)
+    twice = world.local.post(url, json={"device": "usb-host", "host": "046d:c52b"})
+    assert twice.status_code == 409
+    assert world.alice.get(url).json() == [usb]  # operators see it, and may remove it
+    assert world.alice.delete(f"{url}/{usb['id']}").status_code == 200
+    refusals = [e for e in audit_entries(world.local, "u1") if e["action"] == "vm.usb.add"]
+    assert any(e["outcome"] != "ok" and e["detail"].get("host") for e in refusals)
+
+
+def test_a_start_checks_the_allow_list_again(world: World) -> None:
+    _allow(world.ctx, "046d:c52b")
+    url = f"{API}/vms/u1/usb"
+    added = world.local.post(url, json={"device": "usb-host", "host": "046d:c52b"})
+    assert added.status_code == 201, added.text
+    _allow(world.ctx)  # the host's administrator takes it off the list
+    started = act(world.local, "u1", "start")
+    assert started["status"] == "error", started
+    assert "host_allow" in str(started)
+    assert world.local.get(f"{API}/vms/u1").json()["state"] != "running"
+    assert world.local.delete(f"{url}/{added.json()['id']}").status_code == 200
+
+
+def test_host_usb_listing_is_for_admins(world: World) -> None:
+    listed = world.local.get(f"{API}/host/usb")
+    assert listed.status_code == 200 and isinstance(listed.json(), list)
+    assert world.alice.get(f"{API}/host/usb").status_code == 403
+
+
+def test_settings_name_the_file_and_key(world: World) -> None:
+    path = world.ctx.home.root / SETTINGS_FILE
+    path.write_text('[usb]\nhost_allow = ["046D:C52B"]\n')
+    try:
+        with pytest.raises(InvalidInput) as bad:
+            load_settings(world.ctx.home)
+        assert bad.value.field == f"{path}: usb.host_allow"
+        assert "046D:C52B" in bad.value.reason
+    finally:
+        path.unlink()
+    assert load_settings(world.ctx.home).usb.host_allow == ()
+
+
+def test_host_rules_pure() -> None:
+    assert parse_host_id("046d:c52b") == (0x046D, 0xC52B)
+    with pytest.raises(InvalidInput):
+        parse_host_id("046d:c52b\n")
+    spec = VmSpec(
+        name="p",
+        boot={"kind": "kernel", "kernel": "/k"},
+        usb=[{"id": "usb-host-00000001", "device": "usb-host", "vendorid": 1, "productid": 2}],
+    )
+    check_host_devices(spec, ("0001:0002",), "corral.toml")
+    with pytest.raises(InvalidInput) as refused:
+        check_host_devices(spec, (), "/x/corral.toml")
+    assert refused.value.field == "usb" and "/x/corral.toml" in refused.value.reason
+    with pytest.raises(ValueError):
+        UsbDeviceSpec(id="usb-host-00000001", device="usb-host", vendorid=1)
+    with pytest.raises(ValueError):
+        UsbDeviceSpec(id="usb-kbd-00000001", device="usb-kbd", vendorid=1, productid=2)
+
+
+def test_forbidden_names_the_rule() -> None:
+    from corral.access.principal import Principal, Role
+
+    operator = Principal(name="alice", role=Role.OPERATOR, project_ids=frozenset())
+    with pytest.raises(Forbidden, match="admins only"):
+        check_host_allowed(operator, "046d:c52b", ("046d:c52b",), "corral.toml")
+
+
+def test_sysfs_reader(tmp_path: Path) -> None:
+    def entry(name: str, **files: str) -> None:
+        (tmp_path / name).mkdir()
+        for key, text in files.items():
+            (tmp_path / name / key).write_text(text + "\n")
+
+    entry("usb1", idVendor="1d6b", idProduct="0002", product="xHCI Host Controller")
+    entry("1-1", idVendor="046d", idProduct="c52b", manufacturer="Logitech", product="Receiver")
+    entry("1-1:1.0", bInterfaceClass="03")
+    entry("1-2", idVendor="zzzz", idProduct="0001")
+    devices = read_devices(tmp_path)
+    assert [(d.address, d.usb_id) for d in devices] == [("1-1", "046d:c52b"), ("usb1", "1d6b:0002")]
+    assert devices[0].manufacturer == "Logitech" and devices[0].product == "Receiver"
+    assert read_devices(tmp_path / "absent") == []

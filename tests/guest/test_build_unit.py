@@ -268,6 +268,7 @@ def test_recipe_module_lists_parse() -> None:
         "usbhid",
         "hid_generic",
         "usb_storage",
+        "sd_mod",
     ]
     assert parse_module_list("# comment\n a-b  # trailing\n\n") == ["a_b"]
 

@@ -131,6 +131,7 @@ def test_artefacts(reference_guest: ReferenceGuest, tmp_path: Path) -> None:
         "usbhid",
         "hid_generic",
         "usb_storage",
+        "sd_mod",
     ]
 
     def listing(directory: str) -> list[str]:

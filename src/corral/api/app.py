@@ -112,6 +112,7 @@ def create_app(ctx: Corral) -> FastAPI:
     for module in (*areas, *access):
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(events_router.router, prefix=PREFIX)
+    app.include_router(usb.host_router, prefix=PREFIX)
     app.add_exception_handler(CorralError, _corral_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]

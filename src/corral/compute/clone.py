@@ -23,7 +23,9 @@ frozen, so a snapshot is cloned whatever the source's state.
 
 The clone gets its own name, UUID (and so MAC addresses: explicit MACs are dropped), a new
 cloud-init instance id and seed when the source has one, and a newly reserved SSH forward
-(the other port forwards are dropped: they would collide with the source's). Its quota is
+(the other port forwards are dropped: they would collide with the source's). A source whose
+VNC display asks for a password passes its ``vnc-password`` file (mode 0600) on to the
+clone, which could not start without it. Its quota is
 checked atomically with its insert (:func:`corral.access.quotas.reserving`). On failure its
 directory goes, and so does a ``clone-<name>`` snapshot taken for it.
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,7 +49,8 @@ from corral.compute import records
 from corral.compute.context import Corral
 from corral.compute.lifecycle import Progress, holding, quiet
 from corral.compute.state import Op, require
-from corral.errors import AlreadyExists, InUse, InvalidInput, NotFound
+from corral.errors import AlreadyExists, Conflict, InUse, InvalidInput, NotFound
+from corral.qemu.paths import VmPaths
 from corral.spec import parse
 from corral.spec.vm import VmSpec
 from corral.storage.snapshots import SnapNode, Tree
@@ -397,6 +401,10 @@ def _make(
                 _write_seed(
                     source, spec, seed, instance_id or f"i-{uuid.uuid4().hex[:16]}", public_key
                 )
+            if spec.vnc is not None and spec.vnc.password:
+                _copy_vnc_password(
+                    Path(source.paths.vnc_password), Path(VmPaths.for_dir(str(root)).vnc_password)
+                )
             with reserving(ctx, project_id, demand) as session:
                 session.add(
                     VmRow(
@@ -416,6 +424,25 @@ def _make(
             raise
     progress(95, f"vm {req.name} cloned from {req.source}")
     return spec
+
+
+def _copy_vnc_password(source: Path, target: Path) -> None:
+    """Give the clone the source's VNC password: its display asks for one, and QEMU reads it
+    from the clone's own ``vnc-password`` (mode 0600) at start.
+
+    :raise Conflict: the source has password auth but no password file (it could not start
+        either; set its password first).
+    """
+    try:
+        secret = source.read_bytes()
+    except FileNotFoundError:
+        raise Conflict(
+            f"the source's VNC display asks for a password but {source} is missing: "
+            "set its password (corral vnc password) first"
+        ) from None
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(secret)
 
 
 def _make_disks(plan: ClonePlan, root: Path, progress: Progress) -> None:

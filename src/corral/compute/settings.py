@@ -8,6 +8,14 @@ Every key is optional::
     [capacity]
     disk_allocation_ratio = 1.0      # provisioned disk may be this many times the free space
     memory_reserve = "256M"          # memory kept free for the host itself
+
+    [usb]
+    host_allow = ["046d:c52b"]       # host USB devices (vendor:product, lower-case hex)
+                                     # that admins may pass through to guests; none if unset
+
+    [network]
+    host = true                      # make virtual networks on the host (bridges, dnsmasq,
+                                     # nftables); false: keep them in the database only
 """
 
 from __future__ import annotations
@@ -66,11 +74,45 @@ class CapacitySettings(BaseModel):
     memory_reserve: Annotated[int, BeforeValidator(_memory)] = Field(default=256 * MiB, ge=0)
 
 
+#: A USB device as ``vendor:product``, 4 lower-case hex digits each (as ``lsusb`` shows it).
+USB_ID_PATTERN = r"[0-9a-f]{4}:[0-9a-f]{4}"
+
+
+class UsbSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: The host USB devices an admin may pass through to a guest; an empty list allows none.
+    host_allow: tuple[str, ...] = ()
+
+    @field_validator("host_allow")
+    @classmethod
+    def check_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not re.fullmatch(USB_ID_PATTERN, item):
+                raise ValueError(f"{item!r} is not vendor:product in lower-case hex (046d:c52b)")
+        return value
+
+
+class NetworkSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Whether each change of the virtual networks is applied to the host; ``false`` keeps
+    #: them in the database only (a host whose networking corral must leave alone).
+    host: bool = True
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     launch: LaunchSettings = LaunchSettings()
     capacity: CapacitySettings = CapacitySettings()
+    usb: UsbSettings = UsbSettings()
+    network: NetworkSettings = NetworkSettings()
+
+
+def settings_path(home: Home) -> Path:
+    """Where the settings of ``home`` are: ``corral.toml`` in its root."""
+    return home.root / SETTINGS_FILE
 
 
 def load_settings(home: Home) -> Settings:
@@ -79,7 +121,7 @@ def load_settings(home: Home) -> Settings:
     :raise InvalidInput: the file is not valid TOML or has an unknown or bad key; the field
         is named as ``<file>: <section>.<key>``.
     """
-    path = home.root / SETTINGS_FILE
+    path = settings_path(home)
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:

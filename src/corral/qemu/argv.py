@@ -476,6 +476,9 @@ def usb_plug(device: UsbDeviceSpec, layer: ImageLayer | None = None) -> Plug:
     :raise ValueError: a ``usb-storage`` device without its file.
     """
     bus = f"{USB_CONTROLLER}.0"
+    if device.device == "usb-host":
+        ids = {"vendorid": device.vendorid, "productid": device.productid}
+        return Plug((), {"driver": "usb-host", "id": device.id, "bus": bus, **ids})
     if device.device != "usb-storage":
         return Plug((), {"driver": device.device, "id": device.id, "bus": bus})
     if layer is None:

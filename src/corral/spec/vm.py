@@ -239,11 +239,12 @@ class CdromSpec(_Frozen):
 
 
 #: The USB devices a VM can have: QEMU's emulated tablet, keyboard, and mass storage
-#: (backed by a volume of the VM's project).
-UsbKind = Literal["usb-tablet", "usb-kbd", "usb-storage"]
+#: (backed by a volume of the VM's project), and a device of the host passed through
+#: (``usb-host``, by vendor and product id; see :mod:`corral.compute.usb` for who may).
+UsbKind = Literal["usb-tablet", "usb-kbd", "usb-storage", "usb-host"]
 #: A USB device's id: its kind and a token of 8 hex digits; a mass-storage device has its
 #: volume's device id (``vol-`` and 16 hex digits, see :mod:`corral.qemu.volume_nodes`).
-USB_ID_PATTERN = r"^(usb-(tablet|kbd)-[0-9a-f]{8}|vol-[0-9a-f]{16})$"
+USB_ID_PATTERN = r"^(usb-(tablet|kbd|host)-[0-9a-f]{8}|vol-[0-9a-f]{16})$"
 
 
 class UsbDeviceSpec(_Frozen):
@@ -255,11 +256,17 @@ class UsbDeviceSpec(_Frozen):
     device: UsbKind
     #: For ``usb-storage``: the id (UUID) of the volume it presents.
     volume: UUID | None = None
+    #: For ``usb-host``: the host device's USB vendor and product ids.
+    vendorid: int | None = Field(default=None, ge=0, le=0xFFFF)
+    productid: int | None = Field(default=None, ge=0, le=0xFFFF)
 
     @model_validator(mode="after")
     def check_volume(self) -> UsbDeviceSpec:
         if (self.device == "usb-storage") != (self.volume is not None):
             raise ValueError("a volume goes with usb-storage, and only with it")
+        host = self.device == "usb-host"
+        if any((v is not None) != host for v in (self.vendorid, self.productid)):
+            raise ValueError("vendorid and productid go with usb-host, and only with it")
         if self.id.startswith("vol-") != (self.device == "usb-storage"):
             raise ValueError(f"id {self.id!r} does not fit device {self.device!r}")
         return self

@@ -1,4 +1,4 @@
-"""``/vms/{name}/usb``: a VM's USB devices.
+"""``/vms/{name}/usb``: a VM's USB devices; ``/host/usb``: the host's (admins only).
 
 Adding or removing one is quick and answers at once, not with a task: a change of record
 on a VM that is not running, hotplug as well on a running one. Each is in the audit log.
@@ -11,10 +11,12 @@ from fastapi import APIRouter, Query
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.schemas import ERRORS, ErrorRead
-from corral.api.schemas.usb import UsbCreate, UsbRead
+from corral.api.schemas.usb import HostUsbRead, UsbCreate, UsbRead
 from corral.compute.usb import UsbView
 
 router = APIRouter(prefix="/vms", tags=["usb"], responses=ERRORS)
+#: ``/host/usb``, beside the host's summary.
+host_router = APIRouter(prefix="/host", tags=["usb"], responses=ERRORS)
 
 
 def _error(description: str) -> dict[str, object]:
@@ -23,7 +25,9 @@ def _error(description: str) -> dict[str, object]:
 
 #: ``responses=`` of the changing endpoints.
 USB_RESPONSES: dict[int | str, dict[str, object]] = {
-    403: _error("The caller's role may not change the VM."),
+    403: _error(
+        "The caller's role may not change the VM, or asked for usb-host without being an admin."
+    ),
     404: _error("No such VM, device or volume (or not the caller's)."),
     409: _error(
         "The VM is starting or stopping (named), runs without a USB controller (stop it "
@@ -33,7 +37,7 @@ USB_RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 def _read(view: UsbView) -> UsbRead:
-    return UsbRead(id=view.id, device=view.device, volume=view.volume)
+    return UsbRead(id=view.id, device=view.device, volume=view.volume, host=view.host)
 
 
 @router.get("/{name}/usb", responses={404: _error("No such VM (or not the caller's).")})
@@ -49,7 +53,7 @@ def add_usb(ctx: CorralDep, principal: PrincipalDep, name: str, body: UsbCreate)
     """Add a USB device: from the next start, and at once if the VM runs; the device."""
     from corral.compute.usb import add_usb
 
-    return _read(add_usb(ctx, principal, name, body.device, body.volume))
+    return _read(add_usb(ctx, principal, name, body.device, body.volume, body.host))
 
 
 @router.delete("/{name}/usb/{usb_id}", responses=USB_RESPONSES)
@@ -64,3 +68,21 @@ def remove_usb(
     from corral.compute.usb import remove_usb
 
     return _read(remove_usb(ctx, principal, name, usb_id, timeout))
+
+
+@host_router.get("/usb", responses={403: _error("The caller is not an admin.")})
+def list_host_usb(ctx: CorralDep, principal: PrincipalDep) -> list[HostUsbRead]:
+    """The host's USB devices, as sysfs lists them, each marked whether host_allow of
+    corral.toml's [usb] section lets admins pass it through."""
+    from corral.compute.usb import list_host_usb
+
+    return [
+        HostUsbRead(
+            address=d.address,
+            id=d.usb_id,
+            manufacturer=d.manufacturer,
+            product=d.product,
+            allowed=allowed,
+        )
+        for d, allowed in list_host_usb(ctx, principal)
+    ]

@@ -11,9 +11,10 @@ here has been validated by :mod:`corral.spec.net` (interface names, subnets) or 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from corral.errors import Conflict
 from corral.spec.net import IFNAME_PATTERN, NetworkSpec
 
 #: The nftables table (family ``inet``) that holds corral's filtering and NAT: replaced whole,
@@ -21,6 +22,8 @@ from corral.spec.net import IFNAME_PATTERN, NetworkSpec
 TABLE = "corral"
 #: The tap of a guest NIC: ``crt-`` and eleven hex digits of the NIC's id.
 TAP_PREFIX = "crt-"
+#: The interface alias of corral's bridges and taps: this prefix and the network's name.
+ALIAS_PREFIX = "corral:"
 #: A lease's lifetime in dnsmasq's terms: guests renew long before, corral's leases are static.
 LEASE_TIME = "1h"
 
@@ -72,6 +75,52 @@ class HostPlan:
 
     def network(self, name: str) -> NetworkSpec:
         return next(n for n in self.networks if n.name == name)
+
+
+def alias(network: str) -> str:
+    """The interface alias that marks a bridge or tap as corral's, for ``network``."""
+    return f"{ALIAS_PREFIX}{network}"
+
+
+def check_host(plan: HostPlan, aliases: Mapping[str, str | None]) -> None:
+    """Check ``plan`` against the host's interfaces before anything is changed.
+
+    :param aliases: every interface of the host by name, with its alias (``None``: none).
+    :raise Conflict: a managed network's bridge name is taken by an interface that is not
+        corral's, or a bridged network's bridge does not exist (naming it).
+    """
+    for spec in plan.networks:
+        name = spec.bridge_ifname
+        if spec.managed:
+            if name in aliases and aliases[name] != alias(spec.name):
+                raise Conflict(
+                    f"interface {name!r} exists and is not corral's bridge of network "
+                    f"{spec.name!r} (its alias is {aliases[name]!r}, not {alias(spec.name)!r})"
+                )
+        elif name not in aliases:
+            raise Conflict(f"bridge {name!r} of bridged network {spec.name!r} does not exist")
+
+
+def stale_links(
+    plan: HostPlan, aliases: Mapping[str, str | None], taps: Collection[str]
+) -> list[str]:
+    """The interfaces of corral's that ``plan`` no longer has, taps before bridges.
+
+    :param aliases: every interface of the host by name, with its alias.
+    :param taps: which of them are tap devices.
+    """
+    wanted_taps = {port.tap for port in plan.ports}
+    bridges = {spec.bridge_ifname for spec in plan.managed}
+    stale = sorted(t for t in taps if t.startswith(TAP_PREFIX) and t not in wanted_taps)
+    stale += sorted(
+        name
+        for name, tag in aliases.items()
+        if tag is not None
+        and tag.startswith(ALIAS_PREFIX)
+        and name not in taps
+        and name not in bridges
+    )
+    return stale
 
 
 def _ifname(name: str) -> str:
@@ -191,6 +240,9 @@ def dnsmasq_conf(spec: NetworkSpec, files: DnsmasqFiles) -> str:
         f"dhcp-option=option:domain-search,{spec.name}",
         f"pid-file={files.pidfile}",
         f"log-facility={files.log}",
+        # The host lists live in corral's state directory, which only root may enter, and
+        # are re-read on SIGHUP: dnsmasq keeps root's identity to read them.
+        "user=root",
     ]
     # A nat network's gateway routes; an isolated network offers no router at all.
     router = f"option:router,{gateway}" if spec.kind == "nat" else "option:router"

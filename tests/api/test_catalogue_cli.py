@@ -17,30 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from corral.cli.image import JSON_FIELDS
 from tests import daemons
 from tests.integration.conftest import CORRAL
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="no qemu-img")
-
-#: What ``corral image list --json`` has always printed of each image.
-IMAGE_FIELDS = [
-    "name",
-    "project",
-    "format",
-    "source_format",
-    "virtual_size",
-    "actual_size",
-    "sha256",
-    "os_hint",
-    "kernel",
-    "initrd",
-    "cmdline",
-    "ready_marker",
-    "ssh_user",
-    "path",
-    "created_at",
-    "used_by",
-]
 
 
 @dataclass
@@ -125,7 +106,7 @@ def test_image_verbs_on_the_local_socket(site: Site) -> None:
     assert out.startswith("image local imported from qcow2: 64 MiB virtual, ")
     assert out.strip().endswith(" on disk")
     [image] = [i for i in json.loads(site.ok("image", "list", "--json")) if i["name"] == "local"]
-    assert list(image) == IMAGE_FIELDS
+    assert list(image) == list(JSON_FIELDS)
     assert image["ssh_user"] == "debian" and image["project"] == "default"
     info = json.loads(site.ok("image", "info", "local", "--json"))
     assert info == image

@@ -9,24 +9,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from corral.access.principal import Action
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.routers.tasks import TaskPoolDep
-from corral.api.routers.vms import (
-    ACTION_RESPONSES,
-    CREATE_RESPONSES,
-    _act,
-    _project_of,
-    _refusal_audited,
-    require_creatable,
-)
+from corral.api.routers.vm_tasks import ACTION_RESPONSES, act, vm_checked
+from corral.api.routers.vms import CREATE_RESPONSES, require_creatable
 from corral.api.schemas import ERRORS, TaskRead
 from corral.api.schemas.clone import CloneCreate
-from corral.api.tenancy import require_visible
 from corral.compute.lifecycle import Progress
 from corral.compute.state import Op
-from corral.store.models import VmRow
 
 router = APIRouter(prefix="/vms", tags=["vms"], responses=ERRORS)
 
@@ -49,11 +40,9 @@ def clone_vm(
     from corral.compute.clone import CloneRequest, check_clone, clone
 
     asked = body.model_dump()
-    require_visible(ctx, principal, VmRow, "vm", name, Action.OPERATE)
-    source_project = _project_of(ctx, name)
-    project = body.project or source_project or "default"
-    req = CloneRequest(name, body.name, body.mode, body.snapshot, project)
-    with _refusal_audited(ctx, principal, "vm.clone", name, source_project, asked):
+    with vm_checked(ctx, principal, "vm.clone", name, asked) as source_project:
+        project = body.project or source_project or "default"
+        req = CloneRequest(name, body.name, body.mode, body.snapshot, project)
         require_creatable(ctx, principal, project)
         check_clone(ctx, req)
     op = Op.CLONE if body.snapshot is None else Op.CLONE_SNAPSHOT
@@ -65,4 +54,4 @@ def clone_vm(
             lifecycle.start(ctx, body.name)
         return f"cloned into {body.name} ({body.mode})"
 
-    return _act(ctx, pool, principal, request, response, name, op, work, asked)
+    return act(ctx, pool, principal, request, response, name, op, work, asked)

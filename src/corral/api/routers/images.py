@@ -27,16 +27,15 @@ from contextlib import contextmanager
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from corral.access.principal import Action, Principal
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.routers.paging import Limit, Offset, page
-from corral.api.routers.tasks import TaskPoolDep, task_read
+from corral.api.routers.tasks import TaskPoolDep, accepted, task_read
+from corral.api.routers.uploads import spool_upload
 from corral.api.routers.vms import require_creatable
 from corral.api.schemas import ERRORS, NOT_FOUND, ErrorRead, ImageRead, Page, TaskRead
 from corral.api.schemas.catalogue import ImageCreate, ImageUpdate, ImageUploadCreate
@@ -44,15 +43,12 @@ from corral.api.tenancy import require_visible, visible_names
 from corral.compute.context import Corral
 from corral.compute.images import ImageView
 from corral.compute.tasks import Report, Target, TaskPool
-from corral.errors import CorralError, Forbidden, HostError, ImageError, InUse, InvalidInput
+from corral.errors import CorralError, Forbidden, ImageError, InUse, InvalidInput
 from corral.spec.vm import NAME_PATTERN
 
 router = APIRouter(prefix="/images", tags=["images"], responses=ERRORS)
 
 ImageName = Annotated[str, Path(pattern=NAME_PATTERN, description="The image's name.")]
-
-#: Bytes gathered from the request body before each write to the spooled file.
-WRITE_BYTES = 1024 * 1024
 
 
 def _error(description: str) -> dict[str, object]:
@@ -132,6 +128,20 @@ def write_entry(
         record(session, principal.name, action, kind, name, note.project, outcome, note.detail)
 
 
+def write_refusal(
+    ctx: Corral,
+    principal: Principal,
+    action: str,
+    kind: str,
+    name: str,
+    note: Note,
+    exc: CorralError,
+) -> None:
+    """Add to the audit log the refusal ``exc`` (its message, and its class as the outcome)."""
+    note.detail["error"] = exc.message
+    write_entry(ctx, principal, action, kind, name, note, type(exc).__name__)
+
+
 @contextmanager
 def recorded(
     ctx: Corral,
@@ -156,8 +166,7 @@ def recorded(
     try:
         yield note
     except CorralError as exc:
-        note.detail["error"] = exc.message
-        write_entry(ctx, principal, action, kind, name, note, type(exc).__name__)
+        write_refusal(ctx, principal, action, kind, name, note, exc)
         raise
     if success:
         write_entry(ctx, principal, action, kind, name, note, OK)
@@ -345,58 +354,7 @@ def import_image(
         )
         project_id = _check(ctx, principal, job, source)
     task = _submit(ctx, pool, principal, job, source, project_id)
-    response.headers["Location"] = request.url_for("get_task", task_id=task.id).path
-    return task
-
-
-def _content_length(request: Request) -> int | None:
-    """The request's ``Content-Length``, if it says one.
-
-    :raise InvalidInput: it is not a number.
-    """
-    text = request.headers.get("content-length")
-    if text is None:
-        return None
-    if not text.isdigit() or len(text) > 19:
-        raise InvalidInput("content-length", f"{text[:40]!r} is not a length in bytes")
-    return int(text)
-
-
-async def _receive(request: Request, dest: FilePath, limit: int) -> int:
-    """Write the request's body to ``dest`` as it arrives; how many bytes it had.
-
-    :raise InvalidInput: the body is empty, larger than ``limit``, or ended early.
-    :raise HostError: the file system is full.
-    """
-    from corral.units import format_size
-
-    received = 0
-    pending = bytearray()
-    with dest.open("wb") as file:
-
-        async def flush() -> None:
-            try:
-                await anyio.to_thread.run_sync(file.write, bytes(pending))
-            except OSError as exc:
-                raise HostError(f"cannot write the upload: {exc.strerror or exc}") from exc
-            pending.clear()
-
-        try:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise InvalidInput(
-                        "file", f"larger than corrald accepts ({format_size(limit)})"
-                    )
-                pending += chunk
-                if len(pending) >= WRITE_BYTES:
-                    await flush()
-        except ClientDisconnect:
-            raise InvalidInput("file", "the upload ended early: the client went away") from None
-        await flush()
-    if received == 0:
-        raise InvalidInput("file", "the request body is empty: send the image file as the body")
-    return received
+    return accepted(request, response, task)
 
 
 @router.put("/{name}/file", status_code=202, responses=IMPORT_RESPONSES, openapi_extra=UPLOAD_BODY)
@@ -411,42 +369,28 @@ async def upload_image(
 ) -> TaskRead:
     """Import the file sent as the request body: received, checked and verified at once,
     then converted by a task."""
-    from corral.storage import uploads
-
     shown = f"upload of image {name!r}"
     job = _Import(name=name, facts=query, origin="upload", shown=shown)
-    images = ctx.home.images
     note = Note(project=query.project, detail=job.detail())
+
+    def submit(spooled: FilePath, project_id: str, done: Callable[[], None]) -> TaskRead:
+        _check(ctx, principal, job, spooled)
+        return _submit(ctx, pool, principal, job, spooled, project_id, done)
+
     try:
-        length = _content_length(request)
-        await run_in_threadpool(uploads.check_size, images, length, uploads.MAX_UPLOAD)
-        project_id = await run_in_threadpool(_check, ctx, principal, job, None)
-        spooled = await run_in_threadpool(uploads.new_upload, images)
-        try:
-            note.detail["bytes"] = await _receive(request, spooled, uploads.MAX_UPLOAD)
-            await run_in_threadpool(_check, ctx, principal, job, spooled)
-            task = await run_in_threadpool(
-                _submit,
-                ctx,
-                pool,
-                principal,
-                job,
-                spooled,
-                project_id,
-                lambda: uploads.release(spooled),
-            )
-        except BaseException:
-            uploads.release(spooled)
-            raise
+        task = await spool_upload(
+            request,
+            ctx.home.images,
+            note.detail,
+            lambda: _check(ctx, principal, job, None),
+            submit,
+        )
     except CorralError as exc:
-        note.detail["error"] = exc.message
-        outcome = type(exc).__name__
         await run_in_threadpool(
-            write_entry, ctx, principal, "image.import", "image", name, note, outcome
+            write_refusal, ctx, principal, "image.import", "image", name, note, exc
         )
         raise
-    response.headers["Location"] = request.url_for("get_task", task_id=task.id).path
-    return task
+    return accepted(request, response, task)
 
 
 # -- changing ----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
-from corral.api.routers.tasks import TaskId, TaskPoolDep, task_read
+from corral.api.routers.tasks import TaskId, TaskPoolDep, accepted
 from corral.api.routers.vms import require_creatable
 from corral.api.schemas import ERRORS, NOT_FOUND, ErrorRead, TaskRead
 from corral.api.schemas.launch import (
@@ -189,8 +189,7 @@ def launch_instances(
 
     task = pool.submit(principal, "vm.launch", Target("vm", body.name), project_id, run)
     launches.add(task.id, progress)
-    response.headers["Location"] = request.url_for("get_task", task_id=task.id).path
-    return task_read(task)
+    return accepted(request, response, task)
 
 
 @router.get("/{task_id}", responses=NOT_FOUND)

@@ -17,6 +17,7 @@ from corral.access.quotas import QuotaView
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.routers.paging import Limit, Offset, page
+from corral.api.routers.users import CHANGE, UserName
 from corral.api.schemas import ERRORS, NOT_FOUND, ErrorRead, Page
 from corral.api.schemas.access import (
     FORBIDDEN,
@@ -33,10 +34,6 @@ from corral.compute.context import Corral
 router = APIRouter(prefix="/projects", tags=["projects"], responses=ERRORS)
 
 ProjectName = Annotated[str, Path(max_length=255, description="The project's name.")]
-UserName = Annotated[str, Path(max_length=255, description="The user's name.")]
-
-#: ``responses=`` of a change to a project the caller may see.
-CHANGE = {**NOT_FOUND, **FORBIDDEN}
 
 
 def project_read(view: ProjectView) -> ProjectRead:

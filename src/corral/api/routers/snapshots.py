@@ -12,12 +12,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
-from corral.access.principal import Action
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.routers.paging import Limit, Offset
 from corral.api.routers.tasks import TaskPoolDep
-from corral.api.routers.vms import ACTION_RESPONSES, _act, _project_of, _refusal_audited
+from corral.api.routers.vm_tasks import ACTION_RESPONSES, act, vm_checked
 from corral.api.schemas import ERRORS, NOT_FOUND, Page, TaskRead
 from corral.api.schemas.snapshots import SnapshotCreate, SnapshotPreview, SnapshotRead
 from corral.api.tenancy import require_visible
@@ -90,8 +89,7 @@ def create_snapshot(
     from corral.compute.snapshots import check_create, create_snapshot
 
     asked = body.model_dump()
-    require_visible(ctx, principal, VmRow, "vm", name, Action.OPERATE)
-    with _refusal_audited(ctx, principal, "vm.snapshot", name, _project_of(ctx, name), asked):
+    with vm_checked(ctx, principal, "vm.snapshot", name, asked):
         check_create(ctx, name, body.name, body.description)
 
     def work(progress: Progress) -> str:
@@ -99,7 +97,7 @@ def create_snapshot(
         return f"snapshot {view.name} taken" + (" with memory" if body.memory else "")
 
     op = Op.SNAPSHOT_MEMORY if body.memory else Op.SNAPSHOT
-    return _act(ctx, pool, principal, request, response, name, op, work, asked)
+    return act(ctx, pool, principal, request, response, name, op, work, asked)
 
 
 @router.get("/{name}/snapshots/{snap}/revert-plan", responses={**NOT_FOUND})
@@ -130,23 +128,22 @@ def revert_snapshot(
     from corral.compute.snapshots import revert_op, revert_snapshot
 
     asked = {"snapshot": snap}
-    require_visible(ctx, principal, VmRow, "vm", name, Action.OPERATE)
-    with _refusal_audited(ctx, principal, "vm.revert", name, _project_of(ctx, name), asked):
+    with vm_checked(ctx, principal, "vm.revert", name, asked):
         op = revert_op(ctx, name, snap)
 
     def work(progress: Progress) -> str:
         revert_snapshot(ctx, name, snap, progress)
         return f"reverted to {snap}"
 
-    return _act(ctx, pool, principal, request, response, name, op, work, asked)
+    return act(ctx, pool, principal, request, response, name, op, work, asked)
 
 
 @router.get("/{name}/snapshots/{snap}/delete-plan", responses={**NOT_FOUND, **ACTION_RESPONSES})
 def delete_plan(
     ctx: CorralDep, principal: PrincipalDep, name: str, snap: SnapName
 ) -> SnapshotPreview:
-    """What deleting the snapshot would merge into what (409 if two layers are built on it);
-    nothing changes."""
+    """What deleting the snapshot would merge into which layers built on it (each one, when
+    several are), and how; nothing changes."""
     from corral.compute.snapshots import preview_delete
 
     require_visible(ctx, principal, VmRow, "vm", name)
@@ -163,18 +160,16 @@ def delete_snapshot(
     name: str,
     snap: SnapName,
 ) -> TaskRead:
-    """Delete a snapshot, also while the VM runs, merging its layer into the one built on it
-    (409 when two are): a task."""
+    """Delete a snapshot, also while the VM runs, merging its layer into every layer built on
+    it (409 when a linked clone reads one of them): a task."""
     from corral.compute.snapshots import delete_snapshot, preview_delete
 
     asked = {"snapshot": snap}
-    require_visible(ctx, principal, VmRow, "vm", name, Action.OPERATE)
-    project = _project_of(ctx, name)
-    with _refusal_audited(ctx, principal, "vm.snapshot-delete", name, project, asked):
+    with vm_checked(ctx, principal, "vm.snapshot-delete", name, asked):
         preview_delete(ctx, name, snap)
 
     def work(progress: Progress) -> str:
         delete_snapshot(ctx, name, snap, progress)
         return f"snapshot {snap} deleted"
 
-    return _act(ctx, pool, principal, request, response, name, Op.SNAPSHOT_DELETE, work, asked)
+    return act(ctx, pool, principal, request, response, name, Op.SNAPSHOT_DELETE, work, asked)

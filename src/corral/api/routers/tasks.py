@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
@@ -50,6 +50,13 @@ def task_read(task: TaskView) -> TaskRead:
         completed_at=task.completed_at,
         cancellable=task.cancellable,
     )
+
+
+def accepted(request: Request, response: Response, task: TaskView | TaskRead) -> TaskRead:
+    """The answer to a request that queued ``task``: its wire form, with ``Location`` naming
+    it (the endpoint answers 202)."""
+    response.headers["Location"] = request.url_for("get_task", task_id=task.id).path
+    return task if isinstance(task, TaskRead) else task_read(task)
 
 
 @router.get("")

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/users", tags=["users"], responses=ERRORS)
 
 UserName = Annotated[str, Path(max_length=255, description="The user's name.")]
 
-#: ``responses=`` of a change to a user the caller may see.
+#: ``responses=`` of a change to a user or project the caller may see (an admin's).
 CHANGE = {**NOT_FOUND, **FORBIDDEN}
 
 

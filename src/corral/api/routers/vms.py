@@ -20,19 +20,21 @@ task ends, ``ok`` or the class of the error that ended it, with the task's id.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
+from pydantic import BaseModel
 
 from corral.access.principal import Action, Principal
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
 from corral.api.routers.paging import Limit, Offset
-from corral.api.routers.tasks import TaskPoolDep, task_read
+from corral.api.routers.tasks import TaskPoolDep
+from corral.api.routers.vm_tasks import ACTION_RESPONSES, act, project_of
 from corral.api.schemas import (
-    CONFLICT,
     ERRORS,
     NOT_FOUND,
     DiskRead,
@@ -54,8 +56,8 @@ from corral.compute.context import Corral
 from corral.compute.inventory import VmView
 from corral.compute.lifecycle import Outcome, Progress
 from corral.compute.state import Op
-from corral.compute.tasks import Report, Target, TaskPool
-from corral.errors import CorralError, Forbidden
+from corral.compute.tasks import TaskPool
+from corral.errors import Forbidden
 
 router = APIRouter(prefix="/vms", tags=["vms"], responses=ERRORS)
 
@@ -226,19 +228,6 @@ def get_vm(ctx: CorralDep, principal: PrincipalDep, name: str) -> VmRead:
     return vm_read(info(ctx, name))
 
 
-def _project_of(ctx: Corral, name: str) -> str | None:
-    """The name of VM ``name``'s project, for the audit log (``None``: no such VM)."""
-    from sqlalchemy import select
-
-    from corral.store.models import ProjectRow, VmRow
-
-    if "\x00" in name:
-        return None
-    with ctx.db.session() as session:
-        query = select(ProjectRow.name).join(VmRow, VmRow.project_id == ProjectRow.id)
-        return session.scalars(query.where(VmRow.name == name)).first()
-
-
 #: ``responses=`` of ``PATCH /vms/{name}``.
 UPDATE_RESPONSES: dict[int | str, dict[str, object]] = {
     403: {
@@ -264,7 +253,7 @@ def update_vm(ctx: CorralDep, principal: PrincipalDep, name: str, body: VmUpdate
     from corral.store.models import VmRow
 
     asked = body.model_dump(exclude_none=True)
-    with audited(ctx, principal, "vm.update", "vm", name, _project_of(ctx, name), asked) as op:
+    with audited(ctx, principal, "vm.update", "vm", name, project_of(ctx, name), asked) as op:
         require_visible(ctx, principal, VmRow, "vm", name, Action.OPERATE)
         plan = update(
             ctx,
@@ -280,222 +269,146 @@ def update_vm(ctx: CorralDep, principal: PrincipalDep, name: str, body: VmUpdate
     return vm_read(info(ctx, name))
 
 
-#: ``responses=`` of a VM action.
-ACTION_RESPONSES = {**NOT_FOUND, **CONFLICT}
-
-
-def check_operable(ctx: Corral, principal: Principal, name: str, op: Op, action: Action) -> str:
-    """Check ``principal`` may take ``action`` on VM ``name`` and ``op`` is allowed now.
-
-    The VM is reconciled with the host first unless another operation holds its lock (then
-    the recorded state is what that operation left so far, and the task decides again).
-
-    :return: the VM's project id.
-    :raise NotFound: no such VM, or not visible to ``principal``.
-    :raise Forbidden: ``principal`` sees the VM but may not take ``action``.
-    :raise StateError: ``op`` is not allowed in the VM's state (which the message names).
-    """
-    from corral.access.scope import find_owned
-    from corral.compute import records
-    from corral.compute.lifecycle import vm_lock
-    from corral.compute.state import VmState, require
-    from corral.store.models import VmRow
-
-    with ctx.db.session() as session:
-        project_id = find_owned(session, principal, VmRow, "vm", name, action).project_id
-    lock = vm_lock(ctx, name)
-    locked = lock.try_acquire()
-    try:
-        with ctx.db.session() as session:
-            vm = records.load(ctx, session, name)
-            state = records.reconcile(vm) if locked else VmState(vm.row.state)
-    finally:
-        lock.release()
-    require(name, op, state)
-    return project_id
-
-
-@contextmanager
-def _refusal_audited(
-    ctx: Corral, principal: Principal, verb: str, name: str, project: str | None, asked: Any
-) -> Iterator[None]:
-    """Record in the audit log a request that the block refuses (and let the refusal go)."""
-    from corral.access.audit import record
-
-    try:
-        yield
-    except CorralError as exc:
-        detail = {**asked, "error": exc.message}
-        with ctx.db.session() as session:
-            record(session, principal.name, verb, "vm", name, project, type(exc).__name__, detail)
-        raise
-
-
-#: What an action does, given where to report its progress: the task's final detail.
-Work = Callable[[Progress], str]
-
-
-def _act(
-    ctx: Corral,
-    pool: TaskPool,
-    principal: Principal,
-    request: Request,
-    response: Response,
-    name: str,
-    op: Op,
-    work: Work,
-    asked: dict[str, Any] | None = None,
-    action: Action = Action.OPERATE,
-) -> TaskRead:
-    """Check the action can start, then queue its task; audit the refusal or the outcome.
-
-    :param asked: the action's options, for the audit log.
-    """
-    from corral.access.audit import audited
-
-    verb = f"vm.{op.value}"
-    project = _project_of(ctx, name)
-    options = dict(asked or {})
-    with _refusal_audited(ctx, principal, verb, name, project, options):
-        project_id = check_operable(ctx, principal, name, op, action)
-
-    def run(report: Report) -> str:
-        options["task"] = report.task_id
-        with audited(ctx, principal, verb, "vm", name, project, options) as entry:
-            said = work(report)
-            entry.detail["result"] = said
-        return said
-
-    task = pool.submit(principal, verb, Target("vm", name), project_id, run)
-    response.headers["Location"] = request.url_for("get_task", task_id=task.id).path
-    return task_read(task)
-
-
 def _took(outcome: Outcome) -> str:
     return "" if outcome.seconds is None else f", ready in {outcome.seconds:.1f} s"
 
 
-@router.post("/{name}/start", status_code=202, responses=ACTION_RESPONSES)
-def start_vm(
-    ctx: CorralDep,
-    pool: TaskPoolDep,
-    principal: PrincipalDep,
-    request: Request,
-    response: Response,
-    name: str,
-    body: Annotated[VmStartCreate | None, Body()] = None,
-) -> TaskRead:
-    """Boot a defined, shut-off or crashed VM: a task (with ``wait``, until it is ready)."""
+def _start(ctx: Corral, name: str, opts: VmStartCreate, progress: Progress) -> str:
     from corral.compute.lifecycle import start
 
-    opts = body or VmStartCreate()
-
-    def work(progress: Progress) -> str:
-        outcome = start(ctx, name, wait=opts.wait, timeout=opts.timeout, progress=progress)
-        return f"started{_took(outcome)}"
-
-    return _act(ctx, pool, principal, request, response, name, Op.START, work, opts.model_dump())
+    outcome = start(ctx, name, wait=opts.wait, timeout=opts.timeout, progress=progress)
+    return f"started{_took(outcome)}"
 
 
-@router.post("/{name}/stop", status_code=202, responses=ACTION_RESPONSES)
-def stop_vm(
-    ctx: CorralDep,
-    pool: TaskPoolDep,
-    principal: PrincipalDep,
-    request: Request,
-    response: Response,
-    name: str,
-    body: Annotated[VmStopCreate | None, Body()] = None,
-) -> TaskRead:
-    """Shut a running VM down through ACPI, forcing it off after the timeout: a task."""
+def _stop(ctx: Corral, name: str, opts: VmStopCreate, progress: Progress) -> str:
     from corral.compute.lifecycle import stop
 
-    opts = body or VmStopCreate()
-
-    def work(progress: Progress) -> str:
-        outcome = stop(ctx, name, timeout=opts.timeout, force=opts.force, progress=progress)
-        return f"shut off ({outcome.detail})"
-
-    return _act(ctx, pool, principal, request, response, name, Op.STOP, work, opts.model_dump())
+    outcome = stop(ctx, name, timeout=opts.timeout, force=opts.force, progress=progress)
+    return f"shut off ({outcome.detail})"
 
 
-@router.post("/{name}/destroy", status_code=202, responses=ACTION_RESPONSES)
-def destroy_vm(
-    ctx: CorralDep,
-    pool: TaskPoolDep,
-    principal: PrincipalDep,
-    request: Request,
-    response: Response,
-    name: str,
-) -> TaskRead:
-    """Force an active VM off at once (pulling the power cord): a task."""
+def _destroy(ctx: Corral, name: str, opts: None, progress: Progress) -> str:
     from corral.compute.lifecycle import destroy
 
-    def work(progress: Progress) -> str:
-        destroy(ctx, name, progress=progress)
-        return "destroyed (forced off)"
-
-    return _act(ctx, pool, principal, request, response, name, Op.DESTROY, work)
+    destroy(ctx, name, progress=progress)
+    return "destroyed (forced off)"
 
 
-@router.post("/{name}/pause", status_code=202, responses=ACTION_RESPONSES)
-def pause_vm(
-    ctx: CorralDep,
-    pool: TaskPoolDep,
-    principal: PrincipalDep,
-    request: Request,
-    response: Response,
-    name: str,
-) -> TaskRead:
-    """Stop a running VM's vCPUs: a task."""
+def _pause(ctx: Corral, name: str, opts: None, progress: Progress) -> str:
     from corral.compute.lifecycle import pause
 
-    def work(progress: Progress) -> str:
-        pause(ctx, name, progress=progress)
-        return "paused"
-
-    return _act(ctx, pool, principal, request, response, name, Op.PAUSE, work)
+    pause(ctx, name, progress=progress)
+    return "paused"
 
 
-@router.post("/{name}/resume", status_code=202, responses=ACTION_RESPONSES)
-def resume_vm(
-    ctx: CorralDep,
-    pool: TaskPoolDep,
-    principal: PrincipalDep,
-    request: Request,
-    response: Response,
-    name: str,
-) -> TaskRead:
-    """Let a paused VM's vCPUs run again: a task."""
+def _resume(ctx: Corral, name: str, opts: None, progress: Progress) -> str:
     from corral.compute.lifecycle import resume
 
-    def work(progress: Progress) -> str:
-        resume(ctx, name, progress=progress)
-        return "resumed"
-
-    return _act(ctx, pool, principal, request, response, name, Op.RESUME, work)
+    resume(ctx, name, progress=progress)
+    return "resumed"
 
 
-@router.post("/{name}/reboot", status_code=202, responses=ACTION_RESPONSES)
-def reboot_vm(
-    ctx: CorralDep,
-    pool: TaskPoolDep,
-    principal: PrincipalDep,
-    request: Request,
-    response: Response,
-    name: str,
-    body: Annotated[VmRebootCreate | None, Body()] = None,
-) -> TaskRead:
-    """Reboot a running VM cleanly (ACPI power-off held, then reset): a task."""
+def _reboot(ctx: Corral, name: str, opts: VmRebootCreate, progress: Progress) -> str:
     from corral.compute.lifecycle import reboot
 
-    opts = body or VmRebootCreate()
+    outcome = reboot(ctx, name, wait=opts.wait, timeout=opts.timeout, progress=progress)
+    return f"{outcome.detail}{_took(outcome)}"
 
-    def work(progress: Progress) -> str:
-        outcome = reboot(ctx, name, wait=opts.wait, timeout=opts.timeout, progress=progress)
-        return f"{outcome.detail}{_took(outcome)}"
 
-    return _act(ctx, pool, principal, request, response, name, Op.REBOOT, work, opts.model_dump())
+@dataclass(frozen=True)
+class VmAction:
+    """One action on a VM: ``POST /vms/{name}/<op>``, answered 202 with its task."""
+
+    #: The operation: the path's last segment; the task and the audit log say ``vm.<op>``.
+    op: Op
+    #: What the endpoint does, as the OpenAPI document describes it.
+    doc: str
+    #: The action's work on a VM, given the request's options (``None`` for an action
+    #: without a body) and where to report progress: the task's final detail.
+    run: Callable[[Corral, str, Any, Progress], str]
+    #: The schema of the action's optional request body; a missing body is its defaults.
+    body: type[BaseModel] | None = None
+
+
+#: The actions, in the order the OpenAPI document lists them.
+ACTIONS = (
+    VmAction(
+        Op.START,
+        "Boot a defined, shut-off or crashed VM: a task (with ``wait``, until it is ready).",
+        _start,
+        VmStartCreate,
+    ),
+    VmAction(
+        Op.STOP,
+        "Shut a running VM down through ACPI, forcing it off after the timeout: a task.",
+        _stop,
+        VmStopCreate,
+    ),
+    VmAction(
+        Op.DESTROY, "Force an active VM off at once (pulling the power cord): a task.", _destroy
+    ),
+    VmAction(Op.PAUSE, "Stop a running VM's vCPUs: a task.", _pause),
+    VmAction(Op.RESUME, "Let a paused VM's vCPUs run again: a task.", _resume),
+    VmAction(
+        Op.REBOOT,
+        "Reboot a running VM cleanly (ACPI power-off held, then reset): a task.",
+        _reboot,
+        VmRebootCreate,
+    ),
+)
+
+
+def _endpoint(action: VmAction) -> Callable[..., TaskRead]:
+    """The endpoint of ``action``, its signature (what FastAPI reads) naming its body."""
+
+    def endpoint(
+        ctx: Corral,
+        pool: TaskPool,
+        principal: Principal,
+        request: Request,
+        response: Response,
+        name: str,
+        body: BaseModel | None = None,
+    ) -> TaskRead:
+        opts = body if body is not None or action.body is None else action.body()
+        asked = None if opts is None else opts.model_dump()
+
+        def work(progress: Progress) -> str:
+            return action.run(ctx, name, opts, progress)
+
+        return act(ctx, pool, principal, request, response, name, action.op, work, asked)
+
+    def given(name: str, annotation: Any, **default: Any) -> inspect.Parameter:
+        return inspect.Parameter(
+            name, inspect.Parameter.POSITIONAL_OR_KEYWORD, **default, annotation=annotation
+        )
+
+    params = [
+        given("ctx", CorralDep),
+        given("pool", TaskPoolDep),
+        given("principal", PrincipalDep),
+        given("request", Request),
+        given("response", Response),
+        given("name", str),
+    ]
+    if action.body is not None:
+        params.append(given("body", Annotated[action.body | None, Body()], default=None))
+    # What FastAPI reads; a function's type declares no __signature__, hence setattr.
+    signature = inspect.Signature(params, return_annotation=TaskRead)
+    setattr(endpoint, "__signature__", signature)  # noqa: B010
+    endpoint.__name__ = endpoint.__qualname__ = f"{action.op.value}_vm"
+    endpoint.__doc__ = action.doc
+    return endpoint
+
+
+for _action in ACTIONS:
+    router.add_api_route(
+        f"/{{name}}/{_action.op.value}",
+        _endpoint(_action),
+        methods=["POST"],
+        status_code=202,
+        responses=ACTION_RESPONSES,
+    )
 
 
 @router.delete("/{name}", status_code=202, responses=ACTION_RESPONSES)
@@ -522,6 +435,4 @@ def delete_vm(
         return "deleted" + "".join(f"{KEPT_DISK}{path}" for path in kept)
 
     asked = {"keep_disks": keep_disks}
-    return _act(
-        ctx, pool, principal, request, response, name, Op.DELETE, work, asked, Action.DELETE
-    )
+    return act(ctx, pool, principal, request, response, name, Op.DELETE, work, asked, Action.DELETE)

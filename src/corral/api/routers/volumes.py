@@ -28,9 +28,10 @@ from starlette.concurrency import run_in_threadpool
 from corral.access.principal import Principal
 from corral.api.auth import PrincipalDep
 from corral.api.deps import CorralDep
-from corral.api.routers.images import Note, recorded, write_entry
+from corral.api.routers.images import Note, recorded, write_refusal
 from corral.api.routers.paging import Limit, Offset
-from corral.api.routers.tasks import TaskPoolDep, task_read
+from corral.api.routers.tasks import TaskPoolDep, accepted, task_read
+from corral.api.routers.uploads import spool_upload
 from corral.api.schemas import ERRORS, ErrorRead, Page, TaskRead
 from corral.api.schemas.volumes import (
     VolumeAttach,
@@ -372,8 +373,7 @@ def import_volume(
         if not body.path.startswith("/") or "\x00" in body.path:
             raise InvalidInput("path", f"must be an absolute path on corrald's host: {body.path!r}")
         task = _import_task(ctx, pool, principal, body.name, facts, FilePath(body.path))
-    response.headers["Location"] = request.url_for("get_task", task_id=task.id).path
-    return task
+    return accepted(request, response, task)
 
 
 @router.put("/{name}/file", status_code=202, responses=IMPORT_RESPONSES, openapi_extra=UPLOAD_BODY)
@@ -388,42 +388,28 @@ async def upload_volume(
 ) -> TaskRead:
     """Import the file sent as the request body as a qcow2 volume (an OVA as one volume per
     disk): received, the name checked at once, the file verified and converted by a task."""
-    from corral.api.routers.images import _content_length, _receive
     from corral.compute.volume_io import check_import
-    from corral.storage import uploads
 
-    images = ctx.home.images
     note = Note(project=query.project, detail={"source": "upload", "format": query.format})
+    shown = f"upload of volume {name!r}"
+
+    def submit(spooled: FilePath, _: str, done: Callable[[], None]) -> TaskRead:
+        return _import_task(ctx, pool, principal, name, query, spooled, shown, done)
+
     try:
-        length = _content_length(request)
-        await run_in_threadpool(uploads.check_size, images, length, uploads.MAX_UPLOAD)
-        await run_in_threadpool(check_import, ctx, principal, name, query.format, query.project)
-        spooled = await run_in_threadpool(uploads.new_upload, images)
-        try:
-            note.detail["bytes"] = await _receive(request, spooled, uploads.MAX_UPLOAD)
-            task = await run_in_threadpool(
-                _import_task,
-                ctx,
-                pool,
-                principal,
-                name,
-                query,
-                spooled,
-                f"upload of volume {name!r}",
-                lambda: uploads.release(spooled),
-            )
-        except BaseException:
-            uploads.release(spooled)
-            raise
+        task = await spool_upload(
+            request,
+            ctx.home.images,
+            note.detail,
+            lambda: check_import(ctx, principal, name, query.format, query.project),
+            submit,
+        )
     except CorralError as exc:
-        note.detail["error"] = exc.message
-        outcome = type(exc).__name__
         await run_in_threadpool(
-            write_entry, ctx, principal, "volume.import", "volume", name, note, outcome
+            write_refusal, ctx, principal, "volume.import", "volume", name, note, exc
         )
         raise
-    response.headers["Location"] = request.url_for("get_task", task_id=task.id).path
-    return task
+    return accepted(request, response, task)
 
 
 def _pieces(file: BinaryIO) -> Iterator[bytes]:

@@ -46,6 +46,7 @@ def make_caps(**over: Any) -> HostCaps:
         "ovmf_code": "/usr/share/OVMF/OVMF_CODE.fd",
         "host_cpus": 2,
         "host_memory": 8 * 1024**3,
+        "vhost_net": False,
     }
     return HostCaps(**{**base, **over})
 

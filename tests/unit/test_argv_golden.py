@@ -70,6 +70,7 @@ BASE_CAPS: dict[str, Any] = {
     "ovmf_code": "/usr/share/OVMF/OVMF_CODE_4M.fd",
     "host_cpus": 2,
     "host_memory": 24 * 1024**3,
+    "vhost_net": False,
 }
 
 

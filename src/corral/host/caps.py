@@ -13,8 +13,8 @@ The cache (``<cache_dir>/hostcaps-<hash of the binary's real path>.json``) has t
   kernel boot (``/proc/sys/kernel/random/boot_id``), the same CPU model and the same state of
   ``/dev/kvm`` (present, accessible), which is checked on every load.
 
-Facts that are cheap and can change at any time (host CPUs and memory, OVMF firmware, the
-``CORRAL_ACCEL`` override) are read on every call, never cached.
+Facts that are cheap and can change at any time (host CPUs and memory, OVMF firmware,
+``/dev/vhost-net``, the ``CORRAL_ACCEL`` override) are read on every call, never cached.
 
 The accelerator is chosen by :func:`decide_accel`: ``$CORRAL_ACCEL=tcg`` forces TCG,
 ``$CORRAL_ACCEL=kvm`` forces KVM without a test; otherwise KVM only when this QEMU has it,
@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -80,6 +81,7 @@ __all__ = [
     "probe_argv",
     "query_qemu",
     "read_meminfo",
+    "vhost_net_usable",
 ]
 
 _log = logging.getLogger(__name__)
@@ -88,6 +90,21 @@ _log = logging.getLogger(__name__)
 ACCEL_ENV = "CORRAL_ACCEL"
 #: Version of the cache file layout; older files are ignored (2: display front ends).
 CACHE_FORMAT = 2
+#: The kernel's vhost-net device: virtio-net's data path in the host kernel instead of QEMU.
+VHOST_NET = "/dev/vhost-net"
+
+
+def vhost_net_usable(path: str = VHOST_NET) -> bool:
+    """Whether ``path`` is a character device this process may open for reading and
+    writing, as QEMU must to give a tap NIC ``vhost``. Nothing is opened.
+
+    :param path: the device node; default :data:`VHOST_NET`.
+    """
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) and os.access(path, os.R_OK | os.W_OK)
 
 
 # --- Accelerator choice -----------------------------------------------------------------------
@@ -293,6 +310,7 @@ def probe(
             cpu_models=frozenset(qemu_part.get("cpu_models", [])),
             kvm_test=verdict.reason if verdict is not None else "",
             displays=frozenset(qemu_part.get("displays", ["none"])),
+            vhost_net=vhost_net_usable(),
         )
     except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
         if dirty:  # fresh from QEMU: a bug, not a stale file

@@ -55,6 +55,8 @@ class HostCaps(BaseModel):
     kvm_test: str = ""
     #: Display front ends this binary has (``none``, ``curses``, ``gtk``, ``sdl``, ...).
     displays: frozenset[str] = frozenset({"none"})
+    #: ``/dev/vhost-net`` is there and usable: a virtio NIC on a tap gets ``vhost``.
+    vhost_net: bool = False
 
 
 # --- Finding the binary -----------------------------------------------------------------------

@@ -10,9 +10,11 @@ here has been validated by :mod:`corral.spec.net` (interface names, subnets) or 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from uuid import UUID
 
 from corral.errors import Conflict
 from corral.spec.net import IFNAME_PATTERN, NetworkSpec
@@ -34,6 +36,15 @@ def tap_name(nic_id: str) -> str:
     if len(digits) < 11:
         raise ValueError(f"NIC id {nic_id!r} has fewer than 11 hex digits")
     return f"{TAP_PREFIX}{digits[:11]}"
+
+
+def nic_tap(vm: UUID, nic: str) -> str:
+    """The tap device of NIC ``nic`` of the VM with UUID ``vm``: a function of the two alone,
+    so it is the same on every start, after a restart of corrald and on every host, and
+    nothing needs to remember it. Eleven hex digits of SHA-256 (44 bits) keep the taps of
+    different NICs apart.
+    """
+    return tap_name(hashlib.sha256(f"{vm}/{nic}".encode()).hexdigest())
 
 
 @dataclass(frozen=True)

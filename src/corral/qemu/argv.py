@@ -30,12 +30,11 @@ from typing import Literal
 from corral.config import MAX_SOCKET_PATH
 from corral.errors import HostError, InvalidInput
 from corral.host.caps import HostCaps
+from corral.qemu.nic_nodes import Bus, plan_nic
 from corral.qemu.paths import ImageLayer, VmPaths
 from corral.qemu.volume_nodes import Plug, plan_plug
-from corral.spec.vm import LOCAL_DISPLAYS, DiskSpec, NicSpec, UsbDeviceSpec, VmSpec
+from corral.spec.vm import LOCAL_DISPLAYS, DiskSpec, UsbDeviceSpec, VmSpec
 from corral.units import MiB
-
-Bus = Literal["pci", "mmio"]
 
 #: JSON ``-netdev`` exists since QEMU 7.1 (verified on 7.2).
 MIN_QEMU = (7, 1, 0)
@@ -77,11 +76,6 @@ _CACHE = {
 
 #: Device models per bus: microvm has no PCI; its virtio devices sit on virtio-mmio.
 _DISK_DRIVER: dict[Bus, str] = {"pci": "virtio-blk-pci", "mmio": "virtio-blk-device"}
-_NIC_DRIVER: dict[tuple[Bus, str], str] = {
-    ("pci", "virtio-net-pci"): "virtio-net-pci",
-    ("pci", "e1000"): "e1000",
-    ("mmio", "virtio-net-pci"): "virtio-net-device",
-}
 _VIDEO_DRIVER: dict[Bus, str] = {"pci": "VGA", "mmio": "virtio-gpu-device"}
 #: The iPXE option ROM QEMU loads by default for a NIC model that boots from the network,
 #: from its firmware path (``qemu-system-x86_64 -L help``; Debian: /usr/lib/ipxe/qemu).
@@ -120,8 +114,8 @@ def build_argv(spec: VmSpec, caps: HostCaps, paths: VmPaths) -> list[str]:
         if dev not in on_usb:
             argv += _volume(vm, dev, paths.volumes[dev])
     argv += _usb(vm)
-    for index, nic in enumerate(spec.nics):
-        argv += _nic(vm, index, nic)
+    for index in range(len(spec.nics)):
+        argv += _nic(vm, index)
     argv += _serial(vm)
     argv += _display(vm)
     return argv
@@ -507,40 +501,14 @@ def _usb(vm: _Vm) -> list[str]:
     return argv
 
 
-def _nic(vm: _Vm, index: int, nic: NicSpec) -> list[str]:
-    """One NIC: a user-mode (slirp) netdev and its device.
+def _nic(vm: _Vm, index: int) -> list[str]:
+    """One NIC: its backend (user-mode NAT, or a network's tap) and its card, as hotplug
+    would add them (:func:`corral.qemu.nic_nodes.plan_nic`).
 
     :raise InvalidInput: the model needs PCI and the machine has none.
     """
-    driver = _NIC_DRIVER.get((vm.bus, nic.model))
-    if driver is None:
-        raise InvalidInput(
-            f"nics.{index}.model", f"{nic.model!r} needs PCI; machine {vm.spec.machine!r} has none"
-        )
-    netdev_id = f"net-{nic.name}"
-    netdev: dict[str, object] = {"type": nic.kind, "id": netdev_id}
-    if nic.forwards:
-        netdev["hostfwd"] = [
-            {"str": f"{f.protocol}:{f.host_addr}:{f.host_port}-:{f.guest_port}"}
-            for f in nic.forwards
-        ]
-    if nic.restrict:
-        netdev["restrict"] = True
-    device: dict[str, object] = {
-        "driver": driver,
-        "netdev": netdev_id,
-        "id": f"nic-{nic.name}",
-        "mac": vm.spec.nic_mac(index),
-    }
-    if nic.boot:
-        # QEMU's default ROM for the model (NETBOOT_ROM), with its legacy and EFI images: only a
-        # default ROM gets its PCI ids patched to the device's, and Debian's efi-virtio.rom
-        # named explicitly is never run by SeaBIOS (measured on QEMU 7.2).
-        device["bootindex"] = 0
-    elif vm.bus == "pci":
-        # No iPXE option ROM unless the VM boots from the network: loading it is boot time.
-        device["romfile"] = ""
-    return ["-netdev", _json(netdev), *_device(vm.caps, device)]
+    plug = plan_nic(vm.spec, index, vm.bus, vhost_net=vm.caps.vhost_net)
+    return ["-netdev", _json(plug.netdev), *_device(vm.caps, plug.device)]
 
 
 def _serial(vm: _Vm) -> list[str]:

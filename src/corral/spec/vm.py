@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from corral.spec.net import NETWORK_NAME_PATTERN
 from corral.units import GiB, MiB, parse_size
 
 #: A VM name: what virsh users type, safe as a file name and in QEMU options.
@@ -124,18 +125,51 @@ class PortForward(_Frozen):
 
 
 class NicSpec(_Frozen):
-    """A network card. This release offers user-mode NAT (``user``)."""
+    """A network card: on user-mode NAT (``user``), or on a tap device in one of corral's
+    virtual networks (``network``, see :mod:`corral.spec.net`)."""
 
     name: str = Field(default="net0", pattern=DEVICE_NAME_PATTERN)
-    kind: Literal["user"] = "user"
+    kind: Literal["user", "network"] = "user"
     model: Literal["virtio-net-pci", "e1000"] = "virtio-net-pci"
     #: MAC address (lower case); ``None`` lets corral derive one from the VM's UUID.
     mac: str | None = None
+    #: The virtual network a ``network`` NIC is on (by name).
+    network: str | None = Field(default=None, pattern=NETWORK_NAME_PATTERN)
+    #: A fixed IPv4 address for a ``network`` NIC; ``None``: the network assigns one.
+    ip: ipaddress.IPv4Address | None = None
+    #: Carrier up (``True``) or down: a card with its link down is still there, and still
+    #: configured in the guest, but passes no traffic.
+    link: bool = True
+    #: Host ports forwarded to the guest (``user`` only).
     forwards: tuple[PortForward, ...] = ()
-    #: Cut the guest off from the host and the outside (only forwarded ports reach it).
+    #: Cut the guest off from the host and the outside (only forwarded ports reach it;
+    #: ``user`` only).
     restrict: bool = False
     #: Boot from the network through this card's iPXE ROM (firmware boot), before any disk.
     boot: bool = False
+
+    @field_validator("ip")
+    @classmethod
+    def check_ip(cls, value: ipaddress.IPv4Address | None) -> ipaddress.IPv4Address | None:
+        if value is not None and (
+            value.is_unspecified or value.is_loopback or value.is_multicast or value.is_reserved
+        ):
+            raise ValueError(f"{value} is not a host address a guest can have")
+        return value
+
+    @model_validator(mode="after")
+    def check_kind(self) -> NicSpec:
+        if self.kind == "user":
+            if self.network is not None or self.ip is not None:
+                raise ValueError("network and ip apply only to kind 'network'")
+            return self
+        if self.network is None:
+            raise ValueError("a nic of kind 'network' needs the network it is on (network)")
+        if self.forwards:
+            raise ValueError("port forwards apply only to kind 'user' (user-mode NAT)")
+        if self.restrict:
+            raise ValueError("restrict applies only to kind 'user' (user-mode NAT)")
+        return self
 
     @field_validator("mac")
     @classmethod
@@ -364,6 +398,13 @@ class VmSpec(_Frozen):
             raise ValueError("booting from the CD-ROM needs firmware boot")
         if self.vnc is not None and self.display != "vnc":
             raise ValueError(f"a vnc section needs display 'vnc', not {self.display!r}")
+        return self
+
+    @model_validator(mode="after")
+    def check_fixed_ips(self) -> VmSpec:
+        fixed = [(n.network, n.ip) for n in self.nics if n.ip is not None]
+        if len(set(fixed)) != len(fixed):
+            raise ValueError("a fixed ip can be given to one nic of a network only")
         return self
 
     @model_validator(mode="after")

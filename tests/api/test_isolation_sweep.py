@@ -146,6 +146,19 @@ def _add_optional_victims(ctx: Corral, world: World, admin: Any) -> None:
     world.victims["vms"]["usb_id"] = usb.id
     world.secrets += [usb.id]
 
+    from corral.store.models import NetworkRow
+
+    # Networks stay in the database: no request of the sweep changes the host's networking.
+    (ctx.home.root / "corral.toml").write_text("[network]\nhost = false\n")
+    with ctx.db.session() as session:
+        p2 = get_project(ctx, admin, "p2").id
+        spec = '{"name": "bobsnet", "kind": "nat", "subnet": "10.99.0.0/24"}'
+        session.add(
+            NetworkRow(id=str(uuid.uuid4()), name="bobsnet", project_id=p2, kind="nat", spec=spec)
+        )
+    world.victims["networks"] = {"name": "bobsnet"}
+    world.secrets += ["bobsnet", "10.99.0.0/24"]
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:

@@ -48,6 +48,8 @@ def state(
         server: PostgresServer = request.getfixturevalue("postgres_server")
         url = server.create_database()
     ctx = Corral(Home(home), database_url=url)
+    # Generated networks stay in the database: the host's networking is left alone.
+    (Path(home) / "corral.toml").write_text("[network]\nhost = false\n")
     ensure_reference(ctx)
     for name in ("web-1", "db"):
         create(ctx, CreateRequest(name=name, image="reference", memory="128M"))

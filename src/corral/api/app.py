@@ -26,6 +26,7 @@ from corral.api.routers import (
     launch,
     login,
     monitor,
+    networks,
     projects,
     snapshots,
     ssh,
@@ -105,6 +106,7 @@ def create_app(ctx: Corral) -> FastAPI:
         types,
         keypairs,
         volumes,
+        networks,
         usb,
         tasks,
     )

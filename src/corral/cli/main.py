@@ -18,6 +18,7 @@ from corral.cli.keys import key_app
 from corral.cli.launch import launch_cmd, scp_cmd, ssh_cmd
 from corral.cli.login import login_cmd, logout_cmd, whoami_cmd
 from corral.cli.monitor import cdrom_app, monitor_cmd, reset_cmd
+from corral.cli.net import net_app
 from corral.cli.projects import project_app
 from corral.cli.serve import serve_cmd
 from corral.cli.snapshots import snapshot_app
@@ -57,6 +58,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(volume_app, name="volume")
+app.add_typer(net_app, name="net")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(usb_app, name="usb")
 app.command("clone")(clone_cmd)

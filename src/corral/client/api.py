@@ -8,6 +8,7 @@ from corral.client.clone import CloneApi
 from corral.client.consoles import ConsolesApi
 from corral.client.launch import LaunchApi
 from corral.client.monitor import MonitorApi
+from corral.client.networks import NetworksApi
 from corral.client.snapshots import SnapshotsApi
 from corral.client.tasks import TasksApi
 from corral.client.transport import ApiError, Transport
@@ -28,6 +29,7 @@ class Client(
     TasksApi,
     LaunchApi,
     VolumesApi,
+    NetworksApi,
     UsbApi,
     AccessApi,
     Transport,

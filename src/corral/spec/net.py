@@ -31,6 +31,12 @@ IFNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 MAX_PREFIX = 29
 #: The shortest prefix corral manages: a /16 already has 65,534 addresses.
 MIN_PREFIX = 16
+#: Where a managed network's subnet may lie: RFC 1918's private blocks and RFC 6598's shared
+#: address space (never documentation, benchmarking or reserved ranges).
+PRIVATE_BLOCKS = tuple(
+    ipaddress.IPv4Network(block)
+    for block in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
 #: The bridge corral makes for a managed network: ``crb-`` and the network's name.
 BRIDGE_PREFIX = "crb-"
 
@@ -106,7 +112,7 @@ class NetworkSpec(BaseModel):
                 f"subnet {subnet} is a /{subnet.prefixlen}: corral manages /{MIN_PREFIX} "
                 f"to /{MAX_PREFIX}"
             )
-        if not subnet.is_private or subnet.is_loopback or subnet.is_link_local:
+        if not any(subnet.subnet_of(block) for block in PRIVATE_BLOCKS):
             raise ValueError(
                 f"subnet {subnet} is not a private range (10/8, 172.16/12, 192.168/16, 100.64/10)"
             )

@@ -1,5 +1,6 @@
 """Tables of corral's state: VMs, images, key pairs (specs stored as JSON) and volumes;
-projects, users, their memberships and API tokens, quotas, the audit log and tasks.
+projects, users, their memberships and API tokens, quotas, the audit log and tasks; virtual
+networks and the ports guests have on them.
 
 Every VM, image, key pair and volume belongs to a project; the project ``default`` (id
 :data:`DEFAULT_PROJECT_ID`) is made by migration 0003 and owns whatever is created without a
@@ -385,4 +386,60 @@ class SnapshotRow(Base):
     layers: Mapped[str] = mapped_column(Text)
     #: The VM's state when it was taken (``running``, ``shutoff``, ...).
     vm_state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class NetworkRow(Base):
+    """A virtual network (:class:`~corral.spec.net.NetworkSpec`, stored as JSON) of a project.
+
+    Its name is unique on the host, whatever the project: it names the network's bridge and
+    its guests' DNS domain.
+    """
+
+    __tablename__ = "networks"
+    __table_args__ = (
+        UniqueConstraint("name", name="uq_networks_name"),
+        CheckConstraint("kind IN ('nat', 'isolated', 'bridged')", name="ck_networks_kind"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(String(36), _project_fk("networks"))
+    #: ``nat``, ``isolated`` or ``bridged`` (also in the spec; here for queries).
+    kind: Mapped[str] = mapped_column(String(16))
+    #: The network's spec, as JSON.
+    spec: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PortRow(Base):
+    """One NIC of a VM on a network: its MAC and, on a managed network, its fixed address.
+
+    What address management reads and writes, in the transaction that adds or removes the
+    NIC: MACs are unique on the host, addresses within their network. Deleting the VM
+    deletes its ports; a network with ports cannot be deleted.
+    """
+
+    __tablename__ = "ports"
+    __table_args__ = (
+        UniqueConstraint("mac", name="uq_ports_mac"),
+        UniqueConstraint("network_id", "address", name="uq_ports_network_id_address"),
+        UniqueConstraint("vm_id", "nic", name="uq_ports_vm_id_nic"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("vms.id", name="fk_ports_vm_id_vms", ondelete="CASCADE")
+    )
+    #: The NIC's name within its VM (``net0``).
+    nic: Mapped[str] = mapped_column(String(63))
+    network_id: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey("networks.id", name="fk_ports_network_id_networks"),
+        index=True,
+    )
+    #: ``52:54:00:xx:xx:xx``, lower-case.
+    mac: Mapped[str] = mapped_column(String(17))
+    #: The guest's IPv4 address on a managed network; ``None`` on a bridged one.
+    address: Mapped[str | None] = mapped_column(String(15), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

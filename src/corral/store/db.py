@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from corral.errors import HostError
 
 #: The newest migration; a test checks it is alembic's head.
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 
 #: Seconds to wait for a PostgreSQL server to answer (unless the URL sets ``connect_timeout``).
 CONNECT_TIMEOUT = 10

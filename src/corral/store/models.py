@@ -443,3 +443,98 @@ class PortRow(Base):
     #: The guest's IPv4 address on a managed network; ``None`` on a bridged one.
     address: Mapped[str | None] = mapped_column(String(15), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SecurityGroupRow(Base):
+    """A security group: a named set of rules of a project, attached to ports."""
+
+    __tablename__ = "security_groups"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_security_groups_project_id_name"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(String(36), _project_fk("security_groups"))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SgRuleRow(Base):
+    """One rule of a security group: what it lets in (``in``) or out (``out``) of a port.
+
+    ``protocol`` is ``tcp``, ``udp``, ``icmp`` or ``any``; the port range is for tcp and udp
+    (``NULL``: every port); the peer is ``cidr`` or the ports of ``remote_group_id`` (neither:
+    anywhere).
+    """
+
+    __tablename__ = "sg_rules"
+    __table_args__ = (
+        CheckConstraint("direction IN ('in', 'out')", name="ck_sg_rules_direction"),
+        CheckConstraint("protocol IN ('tcp', 'udp', 'icmp', 'any')", name="ck_sg_rules_protocol"),
+        CheckConstraint(
+            "(port_min IS NULL AND port_max IS NULL) OR "
+            "(port_min >= 1 AND port_max <= 65535 AND port_min <= port_max)",
+            name="ck_sg_rules_ports",
+        ),
+        CheckConstraint("cidr IS NULL OR remote_group_id IS NULL", name="ck_sg_rules_one_peer"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    group_id: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey(
+            "security_groups.id", name="fk_sg_rules_group_id_security_groups", ondelete="CASCADE"
+        ),
+        index=True,
+    )
+    direction: Mapped[str] = mapped_column(String(3))
+    protocol: Mapped[str] = mapped_column(String(4))
+    port_min: Mapped[int | None] = mapped_column(Integer, default=None)
+    port_max: Mapped[int | None] = mapped_column(Integer, default=None)
+    cidr: Mapped[str | None] = mapped_column(String(18), default=None)
+    remote_group_id: Mapped[str | None] = mapped_column(
+        String(36),
+        ForeignKey("security_groups.id", name="fk_sg_rules_remote_group_id_security_groups"),
+        default=None,
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PortGroupRow(Base):
+    """A security group attached to a port (detached when the port goes)."""
+
+    __tablename__ = "port_groups"
+
+    port_id: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey("ports.id", name="fk_port_groups_port_id_ports", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    group_id: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey("security_groups.id", name="fk_port_groups_group_id_security_groups"),
+        primary_key=True,
+        index=True,
+    )
+
+
+class FloatingIpRow(Base):
+    """An address of the host's floating pool, allocated to a project and associated with at
+    most one port (disassociated when the port goes)."""
+
+    __tablename__ = "floating_ips"
+    __table_args__ = (
+        UniqueConstraint("address", name="uq_floating_ips_address"),
+        UniqueConstraint("port_id", name="uq_floating_ips_port_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    address: Mapped[str] = mapped_column(String(15))
+    project_id: Mapped[str] = mapped_column(String(36), _project_fk("floating_ips"))
+    port_id: Mapped[str | None] = mapped_column(
+        String(36),
+        ForeignKey("ports.id", name="fk_floating_ips_port_id_ports", ondelete="SET NULL"),
+        default=None,
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -158,6 +158,29 @@ def _add_optional_victims(ctx: Corral, world: World, admin: Any) -> None:
         )
     world.victims["networks"] = {"name": "bobsnet"}
     world.secrets += ["bobsnet", "10.99.0.0/24"]
+    from corral.store.models import FloatingIpRow
+
+    with ctx.db.session() as session:
+        session.add(FloatingIpRow(id=str(uuid.uuid4()), address="203.0.113.77", project_id=p2))
+    world.victims["floating-ips"] = {"address": "203.0.113.77"}
+    world.secrets += ["203.0.113.77"]
+
+    from corral.compute.nics import add_nic
+
+    nic = add_nic(ctx, admin, "bobs-vm", "bobsnet")
+    world.victims["vms"]["nic"] = nic.name
+    world.secrets += [nic.mac]
+
+    from corral.compute.security import attach, create_group, make_rule
+
+    group = create_group(ctx, admin, "bobs-sg", [make_rule("in", "tcp", "22")], project="p2")
+    attach(ctx, admin, "bobs-sg", "bobs-vm")
+    world.victims["security-groups"] = {
+        "name": "bobs-sg",
+        "rule": group.rules[0].id,
+        "vm": "bobs-vm",
+    }
+    world.secrets += ["bobs-sg", group.rules[0].id]
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,10 @@ def test_ruleset_masquerades_nat_only_and_replaces_the_table() -> None:
     assert 'oifname "up0" ip saddr 10.77.0.0/24 ip daddr != 10.77.0.0/24 masquerade' in script
     assert "10.78.0.0/24" not in script
     assert 'iifname "crb-iso" drop' in script
-    assert remove_ruleset() == "table inet corral\ndelete table inet corral\n"
+    assert remove_ruleset() == (
+        "table inet corral\ndelete table inet corral\n"
+        "table bridge corral\ndelete table bridge corral\n"
+    )
 
 
 def test_dnsmasq_has_no_upstream_and_routes_only_for_nat() -> None:

@@ -84,3 +84,9 @@ def test_private_means_the_ranges_the_refusal_names() -> None:
     for subnet in ("203.0.113.0/24", "198.18.0.0/24", "240.0.0.0/24"):
         with pytest.raises(InvalidInput):
             network_spec(name="odd", subnet=subnet)
+
+
+def test_user_is_not_a_network_name() -> None:
+    with pytest.raises(InvalidInput, match="reserved") as refused:
+        network_spec(name="user", subnet="10.90.0.0/24")
+    assert refused.value.field == "name"

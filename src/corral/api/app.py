@@ -20,6 +20,7 @@ from corral.api.routers import (
     audit,
     clone,
     consoles,
+    floating_ips,
     host,
     images,
     keypairs,
@@ -27,7 +28,9 @@ from corral.api.routers import (
     login,
     monitor,
     networks,
+    nics,
     projects,
+    security_groups,
     snapshots,
     ssh,
     tasks,
@@ -62,6 +65,7 @@ def create_app(ctx: Corral) -> FastAPI:
         from starlette.concurrency import run_in_threadpool
 
         from corral.compute.events import Broker, Watcher
+        from corral.compute.net_supervision import Supervisor
         from corral.compute.tasks import TaskPool, recover
 
         broker = Broker()
@@ -70,6 +74,8 @@ def create_app(ctx: Corral) -> FastAPI:
         await run_in_threadpool(recover, ctx, pool.daemon_id)
         watcher = Watcher(ctx, broker)
         await run_in_threadpool(watcher.start)
+        networking = Supervisor(ctx)
+        await run_in_threadpool(networking.start)
         app.state.tasks = pool
         app.state.events = broker
         try:
@@ -78,6 +84,7 @@ def create_app(ctx: Corral) -> FastAPI:
             app.state.tasks = None
             await run_in_threadpool(pool.shutdown)
             await run_in_threadpool(watcher.stop)
+            await run_in_threadpool(networking.stop)
             app.state.events = None
             broker.close()
 
@@ -107,6 +114,9 @@ def create_app(ctx: Corral) -> FastAPI:
         keypairs,
         volumes,
         networks,
+        nics,
+        floating_ips,
+        security_groups,
         usb,
         tasks,
     )

@@ -26,11 +26,31 @@ from corral.cli.context import open_client
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from corral.api.schemas.core import NicCreate
     from corral.api.schemas.launch import LaunchInstanceRead, LaunchRead
     from corral.client.api import Client
 
 #: Shows each new state of a launch.
 Show = Callable[["LaunchRead"], None]
+
+
+#: Help of ``--net``, for ``corral create`` and ``corral launch``.
+NET_HELP = (
+    "A NIC on a network: NAME or NAME:IP (a fixed address); 'user' is user-mode NAT "
+    "(repeatable, in order; with --net the VM has only these NICs)."
+)
+
+
+def net_options(values: list[str] | None) -> list[NicCreate]:
+    """``--net`` values as the API's NICs (``lan`` or ``lan:10.77.0.9``), unchecked: the
+    daemon checks them."""
+    from corral.api.schemas.core import NicCreate
+
+    nics: list[NicCreate] = []
+    for value in values or ():
+        network, _, ip = value.partition(":")
+        nics.append(NicCreate.model_construct(network=network, ip=ip or None))
+    return nics
 
 
 def launch_cmd(
@@ -64,6 +84,7 @@ def launch_cmd(
             "--isolated", help="No network access for the guest; only its SSH port is reachable."
         ),
     ] = False,
+    net: Annotated[list[str] | None, typer.Option("--net", help=NET_HELP)] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     project: Annotated[
         str | None,
@@ -99,6 +120,8 @@ def launch_cmd(
         fields["disk_size"] = disk_size
     if project is not None:
         fields["project"] = project
+    if net:
+        fields["networks"] = net_options(net)
     with open_client() as api:
         task = api.launch(LaunchCreate.model_construct(**fields))  # the daemon validates it
         try:

@@ -11,16 +11,19 @@ from corral.cli import render
 from corral.cli.audit import audit_app
 from corral.cli.clone import clone_cmd
 from corral.cli.context import open_client
+from corral.cli.fip import fip_app
 from corral.cli.guest import guest_app
 from corral.cli.host import host_app
 from corral.cli.image import image_app
 from corral.cli.keys import key_app
-from corral.cli.launch import launch_cmd, scp_cmd, ssh_cmd
+from corral.cli.launch import NET_HELP, launch_cmd, net_options, scp_cmd, ssh_cmd
 from corral.cli.login import login_cmd, logout_cmd, whoami_cmd
 from corral.cli.monitor import cdrom_app, monitor_cmd, reset_cmd
 from corral.cli.net import net_app
+from corral.cli.nic import nic_app
 from corral.cli.projects import project_app
 from corral.cli.serve import serve_cmd
+from corral.cli.sg import sg_app
 from corral.cli.snapshots import snapshot_app
 from corral.cli.tasks import events_cmd, task_app
 from corral.cli.tokens import token_app
@@ -59,6 +62,9 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(volume_app, name="volume")
 app.add_typer(net_app, name="net")
+app.add_typer(fip_app, name="fip")
+app.add_typer(sg_app, name="sg")
+app.add_typer(nic_app, name="nic")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(usb_app, name="usb")
 app.command("clone")(clone_cmd)
@@ -211,6 +217,7 @@ def create(
         str | None,
         typer.Option(help="Boot first from disk, cdrom or network (iPXE); default: the ISO."),
     ] = None,
+    net: Annotated[list[str] | None, typer.Option("--net", help=NET_HELP)] = None,
     start: Annotated[bool, typer.Option("--start", help="Start it right away.")] = False,
     wait: Wait = False,
     project: Project = None,
@@ -239,6 +246,7 @@ def create(
                 project=project or "default",
                 cdrom=cdrom,
                 boot=boot,
+                networks=net_options(net),
             )
         )
         render.out.print(f"VM {vm.name} defined ({vm.vcpus} vCPU, {render.size(vm.memory)})")
@@ -378,23 +386,30 @@ def reboot(
 
 @app.command()
 def delete(
-    name: Name,
+    names: Annotated[
+        list[str], typer.Argument(metavar="NAME...", help="The VMs' names.", show_default=False)
+    ],
     keep_disks: Annotated[
         bool, typer.Option(help="Keep the disks (moved to the state dir's disks/).")
     ] = False,
     detach: Detach = False,
 ) -> None:
-    """Delete a VM that is not running, with its disks."""
+    """Delete VMs with their disks; a running one is powered off first, as a cloud's
+    terminate does (its guest is not asked to shut down: use `corral stop` for that)."""
     from corral.api.schemas.vms import KEPT_DISK
 
     with open_client() as api:
-        done = _finish(api, api.delete_vm(name, keep_disks=keep_disks), detach)
-    if done is None:
-        return
-    said, *kept = done.detail.split(KEPT_DISK)
-    render.out.print(f"VM {name} {said}", markup=False)
-    for path in kept:
-        render.out.print(f"  kept disk {path}", markup=False)
+        for name in names:
+            if api.get_vm(name).state not in ("defined", "shutoff", "crashed"):
+                render.out.print(f"VM {name} is powered off", markup=False)
+                _finish(api, api.vm_action(name, "destroy"), False)
+            done = _finish(api, api.delete_vm(name, keep_disks=keep_disks), detach)
+            if done is None:
+                continue
+            said, *kept = done.detail.split(KEPT_DISK)
+            render.out.print(f"VM {name} {said}", markup=False)
+            for path in kept:
+                render.out.print(f"  kept disk {path}", markup=False)
 
 
 @app.command()

@@ -6,9 +6,12 @@ from corral.client.access import AccessApi
 from corral.client.catalogue import CatalogueApi
 from corral.client.clone import CloneApi
 from corral.client.consoles import ConsolesApi
+from corral.client.floating import FloatingApi
 from corral.client.launch import LaunchApi
 from corral.client.monitor import MonitorApi
 from corral.client.networks import NetworksApi
+from corral.client.nics import NicsApi
+from corral.client.security import SecurityApi
 from corral.client.snapshots import SnapshotsApi
 from corral.client.tasks import TasksApi
 from corral.client.transport import ApiError, Transport
@@ -30,6 +33,9 @@ class Client(
     LaunchApi,
     VolumesApi,
     NetworksApi,
+    FloatingApi,
+    SecurityApi,
+    NicsApi,
     UsbApi,
     AccessApi,
     Transport,

@@ -131,6 +131,7 @@ def clone_spec(
     data["uuid"] = str(uuid.uuid4())
     for nic in data["nics"]:
         nic["mac"] = None
+        nic["ip"] = None  # a network NIC gets a port of its own: new MAC, new address
         kept = [
             f
             for f in nic["forwards"]
@@ -371,8 +372,10 @@ def _make(
     progress: Progress,
 ) -> VmSpec:
     from corral.access.quotas import check_project_quota, demand_of, image_sizes, reserving
+    from corral.compute.networks import sync_host
     from corral.compute.ports import bindable, pick_port, ports_lock, reserved_by_records
     from corral.compute.settings import load_settings
+    from corral.compute.vm_ports import allocate_vm_ports, host_change
 
     has_ssh = any(
         f.protocol == "tcp" and f.guest_port == SSH_PORT
@@ -397,28 +400,31 @@ def _make(
             _make_disks(plan, root, progress)
             if spec.seed:
                 progress(90, "writing the cloud-init seed")
-                seed = root / "seed.iso"
-                _write_seed(
-                    source, spec, seed, instance_id or f"i-{uuid.uuid4().hex[:16]}", public_key
-                )
             if spec.vnc is not None and spec.vnc.password:
                 _copy_vnc_password(
                     Path(source.paths.vnc_password), Path(VmPaths.for_dir(str(root)).vnc_password)
                 )
-            with reserving(ctx, project_id, demand) as session:
-                session.add(
-                    VmRow(
-                        id=str(spec.uuid),
-                        name=spec.name,
-                        project_id=project_id,
-                        spec=spec.model_dump_json(),
-                        state="defined",
-                        reason=f"cloned from {req.source}",
-                        disk_chain=plan.disk_chain(),
-                        instance_id=instance_id,
-                        **fields,
-                    )
+            with host_change(ctx, spec) as networked, reserving(ctx, project_id, demand) as session:
+                row = VmRow(
+                    id=str(spec.uuid),
+                    name=spec.name,
+                    project_id=project_id,
+                    spec=spec.model_dump_json(),
+                    state="defined",
+                    reason=f"cloned from {req.source}",
+                    disk_chain=plan.disk_chain(),
+                    instance_id=instance_id,
+                    **fields,
                 )
+                session.add(row)
+                if networked:  # new ports on the same networks: the seed has their MACs
+                    spec = allocate_vm_ports(session, row, spec)
+                    sync_host(ctx, session)
+                if spec.seed:
+                    seed = root / "seed.iso"
+                    _write_seed(
+                        source, spec, seed, instance_id or f"i-{uuid.uuid4().hex[:16]}", public_key
+                    )
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise

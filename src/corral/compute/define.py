@@ -23,12 +23,15 @@ from sqlalchemy.orm import Session
 
 from corral.access.quotas import check_project_quota, demand_of, reserving
 from corral.compute import records
+from corral.compute.addresses import release_ports
 from corral.compute.clone import check_no_linked_clones
 from corral.compute.context import Corral
 from corral.compute.lifecycle import Progress, holding, quiet, vm_lock
 from corral.compute.locks import ObjectLock
+from corral.compute.networks import sync_host
 from corral.compute.ownership import image_usable, resolve_project
 from corral.compute.state import Op, VmState, require
+from corral.compute.vm_ports import allocate_vm_ports, host_change
 from corral.errors import AlreadyExists, HostError, InUse, InvalidInput, NotFound
 from corral.qemu.argv import NETBOOT_ROM
 from corral.spec import parse
@@ -39,6 +42,21 @@ from corral.store.models import ImageRow, VmRow, VolumeRow
 BootFrom = Literal["disk", "cdrom", "network"]
 #: Where QEMU looks for option ROMs on Debian (``qemu-system-x86_64 -L help``).
 FIRMWARE_DIRS = ("/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu")
+
+
+#: The name that, in place of a virtual network's, asks for a user-mode NAT NIC.
+USER_NETWORK = "user"
+
+
+@dataclass(frozen=True)
+class NetworkNic:
+    """A NIC asked for: on virtual network ``network`` (or user-mode NAT)."""
+
+    network: str
+    #: A fixed address on a managed network; ``None``: the network assigns one.
+    ip: str | None = None
+    #: Carrier up, or down (the card is there and passes no traffic).
+    link: bool = True
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,9 @@ class CreateRequest:
     #: What firmware boots first: ``disk``, ``cdrom`` or ``network`` (the NIC's iPXE ROM);
     #: ``None``: the CD-ROM when there is one, else the disk.
     boot: BootFrom | None = None
+    #: The VM's NICs, in order: on virtual networks, or :data:`USER_NETWORK` for user-mode
+    #: NAT (the one ``forwards`` go to); empty: one user-mode NIC.
+    networks: tuple[NetworkNic, ...] = ()
 
 
 _FORWARD = re.compile(
@@ -137,13 +158,7 @@ def build_spec(req: CreateRequest, image: ImageRow | None) -> VmSpec:
         "cpu": req.cpu,
         "disks": disks,
         "boot": boot,
-        "nics": [
-            {
-                "name": "net0",
-                "forwards": [parse_forward(f) for f in req.forwards],
-                "boot": boot_from == "network",
-            }
-        ],
+        "nics": _nics(req, boot_from == "network"),
     }
     if req.cdrom is not None:
         data["cdrom"] = {"path": req.cdrom, "boot": boot_from == "cdrom"}
@@ -157,6 +172,32 @@ def build_spec(req: CreateRequest, image: ImageRow | None) -> VmSpec:
         data["display"] = req.display
     data.update(req.extra)
     return parse(VmSpec, data)
+
+
+def _nics(req: CreateRequest, netboot: bool) -> list[dict[str, Any]]:
+    """The NICs of ``req``, named ``net0``, ``net1``... in order; the first boots from the
+    network when ``netboot``.
+
+    :raise InvalidInput: port forwards without a user-mode NIC (field ``forwards``).
+    """
+    asked = req.networks or (NetworkNic(USER_NETWORK),)
+    forwards = [parse_forward(f) for f in req.forwards]
+    if forwards and all(n.network != USER_NETWORK for n in asked):
+        raise InvalidInput(
+            "forwards", f"port forwards need a user-mode NIC (network {USER_NETWORK!r})"
+        )
+    nics: list[dict[str, Any]] = []
+    for index, wanted in enumerate(asked):
+        nic: dict[str, Any] = {"name": f"net{index}", "boot": netboot and index == 0}
+        if wanted.network == USER_NETWORK:
+            nic.update(forwards=forwards)
+            forwards = []  # to the first user-mode NIC only
+        else:
+            nic.update(kind="network", network=wanted.network, ip=wanted.ip)
+        if not wanted.link:
+            nic["link"] = False
+        nics.append(nic)
+    return nics
 
 
 def check_ports_free(ctx: Corral, spec: VmSpec) -> None:
@@ -271,20 +312,22 @@ def _create_locked(ctx: Corral, req: CreateRequest) -> VmSpec:
             else:
                 assert disk.size is not None
                 create_blank(Path(files.top.path), disk.size)
-        with reserving(ctx, project_id, demand) as session:
-            session.add(
-                VmRow(
-                    id=str(spec.uuid),
-                    name=spec.name,
-                    project_id=project_id,
-                    spec=spec.model_dump_json(),
-                    state=VmState.DEFINED.value,
-                    image=req.image,
-                    ready_marker=image.ready_marker if image else None,
-                    reason="defined",
-                    **_record_fields(req.record),
-                )
+        with host_change(ctx, spec) as networked, reserving(ctx, project_id, demand) as session:
+            row = VmRow(
+                id=str(spec.uuid),
+                name=spec.name,
+                project_id=project_id,
+                spec=spec.model_dump_json(),
+                state=VmState.DEFINED.value,
+                image=req.image,
+                ready_marker=image.ready_marker if image else None,
+                reason="defined",
+                **_record_fields(req.record),
             )
+            session.add(row)
+            if networked:
+                spec = allocate_vm_ports(session, row, spec)
+                sync_host(ctx, session)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
@@ -327,10 +370,11 @@ def delete(
             require(name, Op.DELETE, records.reconcile(vm))
             _check_no_volumes(session, vm.row)
             check_no_linked_clones(session, "vm", name, under=vm.paths.root)
+            spec = vm.spec
         # Reported between transactions: a task's report writes to the same database.
         progress(10, "moving the disks aside, deleting the rest" if keep_disks else "deleting")
         kept: list[Path] = []
-        with ctx.db.session() as session:
+        with host_change(ctx, spec) as networked, ctx.db.session() as session:
             vm = records.load(ctx, session, name)
             if keep_disks:
                 dest_dir = ctx.home.root / "disks"
@@ -339,8 +383,12 @@ def delete(
                     dest = dest_dir / f"{name}-{disk_name}-{vm.spec.uuid.hex[:8]}.qcow2"
                     Path(files.top.path).replace(dest)
                     kept.append(dest)
+            if networked:
+                release_ports(session, vm.row)
             session.delete(vm.row)
             session.flush()
-            shutil.rmtree(vm.paths.root, ignore_errors=True)
+            if networked:
+                sync_host(ctx, session)
+        shutil.rmtree(vm.paths.root, ignore_errors=True)
         progress(95, "deleted")
         return kept

@@ -38,7 +38,14 @@ from typing import TYPE_CHECKING, Literal
 
 from corral.compute import capacity, lifecycle
 from corral.compute.context import Corral
-from corral.compute.define import CreateRequest, check_name, create, delete
+from corral.compute.define import (
+    USER_NETWORK,
+    CreateRequest,
+    NetworkNic,
+    check_name,
+    create,
+    delete,
+)
 from corral.compute.ports import bindable, pick_port, ports_lock, reserved_by_records
 from corral.compute.serial import wait_for_line
 from corral.compute.settings import load_settings
@@ -56,9 +63,12 @@ from corral.qemu import process
 from corral.units import format_size, parse_size
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from corral.compute.images import ImageView
     from corral.compute.keys import KeyPairView
     from corral.spec.cloud import InstanceType
+    from corral.spec.vm import VmSpec
 
 #: The phases of one instance's launch, in order.
 PHASES = ("clone", "seed", "start", "boot", "ready")
@@ -91,6 +101,15 @@ class LaunchRequest:
     isolated: bool = False
     #: The project the instances go into, by name; ``None`` is ``default``.
     project: str | None = None
+    #: The NICs, in order (see :class:`~corral.compute.define.NetworkNic`); empty: one
+    #: user-mode NIC. Without a user-mode NIC, SSH goes to the first managed network's
+    #: address, port 22.
+    networks: tuple[NetworkNic, ...] = ()
+
+    @property
+    def user_nic(self) -> bool:
+        """Whether the instances have a user-mode NIC (their SSH port forwarded to it)."""
+        return not self.networks or any(n.network == USER_NETWORK for n in self.networks)
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,9 @@ class PhaseEvent:
     instance_id: str | None = None
     #: The host port forwarded to its SSH server, once ``clone`` has reserved it.
     port: int | None = None
+    #: Where its SSH server is reached: the forward's loopback address, or (without a
+    #: user-mode NIC) its first managed network's address, once known.
+    host: str | None = None
 
 
 ProgressFn = Callable[[PhaseEvent], None]
@@ -175,9 +197,33 @@ def instance_names(name: str, count: int) -> list[str]:
     return names
 
 
-def _nic(port: int, isolated: bool) -> dict[str, object]:
+def _nic(port: int, isolated: bool, name: str = "net0") -> dict[str, object]:
     forward = {"protocol": "tcp", "host_addr": SSH_ADDR, "host_port": port, "guest_port": 22}
-    return {"name": "net0", "forwards": [forward], "restrict": isolated}
+    return {"name": name, "forwards": [forward], "restrict": isolated}
+
+
+def _nics(req: LaunchRequest, port: int | None) -> list[dict[str, object]]:
+    """The NICs of an instance, ``net0``, ``net1``... in order: the first user-mode NIC has
+    the SSH forward on ``port``."""
+    if not req.networks:
+        assert port is not None
+        return [_nic(port, req.isolated)]
+    nics: list[dict[str, object]] = []
+    for index, nic in enumerate(req.networks):
+        name = f"net{index}"
+        if nic.network == USER_NETWORK and port is not None:
+            nics.append(_nic(port, req.isolated, name))
+            port = None
+        elif nic.network == USER_NETWORK:
+            nics.append({"name": name, "restrict": req.isolated})
+        else:
+            wanted: dict[str, object] = {"name": name, "kind": "network", "network": nic.network}
+            if nic.ip is not None:
+                wanted["ip"] = nic.ip
+            if not nic.link:
+                wanted["link"] = False
+            nics.append(wanted)
+    return nics
 
 
 @dataclass(frozen=True)
@@ -230,6 +276,7 @@ def plan(ctx: Corral, req: LaunchRequest) -> _Plan:
             select(KeyPairRow.project_id).where(KeyPairRow.name == req.keypair)
         ).first()
         taken = list(session.scalars(select(VmRow.name).where(VmRow.name.in_(names))))
+        _check_networks(session, req, project.id)
     if image_owner is None or not image_usable(image_owner, project.id):
         raise NotFound("image", req.image)
     image = get_image(ctx, req.image)
@@ -264,6 +311,34 @@ def plan(ctx: Corral, req: LaunchRequest) -> _Plan:
     demand = capacity.Demand(count, itype.vcpus, itype.memory, disk)
     capacity.check(demand, capacity.host_free(ctx.home.vms), settings.capacity)
     return _Plan(names, project.name, image, itype, key, disk, image.ssh_user, user_data)
+
+
+def _check_networks(session: Session, req: LaunchRequest, project_id: str) -> None:
+    """:raise NotFound: a network is not the project's (or does not exist).
+    :raise InvalidInput: (field ``networks``) no NIC SSH reaches: neither user-mode nor on
+        a managed network."""
+    from sqlalchemy import select
+
+    from corral.compute.networks import network_of
+    from corral.store.models import NetworkRow
+
+    reachable = req.user_nic
+    for nic in req.networks:
+        if nic.network == USER_NETWORK:
+            continue
+        row = session.scalars(
+            select(NetworkRow).where(
+                NetworkRow.name == nic.network, NetworkRow.project_id == project_id
+            )
+        ).first()
+        if row is None:
+            raise NotFound("network", nic.network)
+        reachable = reachable or network_of(row).managed
+    if not reachable:
+        raise InvalidInput(
+            "networks",
+            "SSH needs a user-mode NIC or one on a managed (nat or isolated) network",
+        )
 
 
 #: Bytes in a MiB: instance types' memory goes into specs in whole MiB.
@@ -364,7 +439,9 @@ class _Timer:
         self, status: Literal["begin", "end", "fail"], seconds: float | None = None
     ) -> PhaseEvent:
         i = self.instance
-        return PhaseEvent(i.name, self.phase, status, seconds, i.instance_id, i.port or None)
+        return PhaseEvent(
+            i.name, self.phase, status, seconds, i.instance_id, i.port or None, i.host or None
+        )
 
 
 def _make(
@@ -387,14 +464,16 @@ def _make(
     with _Timer(report, instance, "clone"):
         low, high = settings.launch.ssh_port_range
         with ports_lock(ctx):
-            port = pick_port(reserved_by_records(ctx), low, high, bindable(SSH_ADDR))
+            port: int | None = None
+            if req.user_nic:
+                port = pick_port(reserved_by_records(ctx), low, high, bindable(SSH_ADDR))
             create_req = CreateRequest(
                 name=name,
                 image=checked.image.name,
                 vcpus=checked.itype.vcpus,
                 memory=_memory_mib(checked.itype),
                 disk_size=checked.disk,
-                extra={"seed": True, "nics": [_nic(port, req.isolated)]},
+                extra={"seed": True, "nics": _nics(req, port)},
                 record={
                     "instance_type": checked.itype.name,
                     "keypair": checked.key.name,
@@ -406,7 +485,10 @@ def _make(
             spec = create(ctx, create_req)
             with made_lock:
                 made.append(name)
-        instance.port = port
+        if port is None:
+            instance.host, instance.port = _network_address(ctx, spec), SSH_PORT
+        else:
+            instance.port = port
     if cancel.is_set():
         raise _Cancelled(name)
     with _Timer(report, instance, "seed"):
@@ -426,6 +508,16 @@ def _make(
     with _Timer(report, instance, "start"):
         lifecycle.start(ctx, name, wait=False)
     return instance
+
+
+def _network_address(ctx: Corral, spec: VmSpec) -> str:
+    """The address SSH reaches an instance without a user-mode NIC at."""
+    from corral.compute.vm_ports import first_address
+
+    with ctx.db.session() as session:
+        address = first_address(session, spec)
+    assert address is not None  # the plan made sure a managed network is among its NICs
+    return str(address)
 
 
 class _Cancelled(CorralError):

@@ -52,7 +52,8 @@ class InstanceView:
     status: InstanceStatus
     user: str
     keypair: str
-    #: The host address its SSH forward listens on (the daemon's host).
+    #: Where its SSH server is reached: the daemon's host (a forward), or the instance's
+    #: first managed network's address when it has no user-mode NIC.
     address: str
     #: Known once ``clone`` has begun.
     instance_id: str | None = None
@@ -177,6 +178,7 @@ class LaunchProgress:
                 phases={p: phases[p] for p in PHASES if p in phases},
                 instance_id=event.instance_id or now.instance_id,
                 port=event.port or now.port,
+                address=event.host or now.address,
             )
             self._changed()
 
@@ -214,6 +216,7 @@ class LaunchProgress:
                 status=status,
                 instance_id=i.instance_id,
                 port=i.port or now.port,
+                address=i.host or now.address,
                 error=None if i.error is None else i.error.message,
                 ssh_command=tuple(i.ssh_command),
             )

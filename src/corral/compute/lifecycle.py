@@ -24,6 +24,7 @@ from corral.compute.locks import ObjectLock
 from corral.compute.records import Vm
 from corral.compute.serial import log_size, wait_for_line
 from corral.compute.state import Op, VmState, require
+from corral.compute.vm_ports import sync_for_start
 from corral.errors import GuestTimeout, HostError, LaunchError, MonitorError
 from corral.qemu import process
 from corral.qemu.monitor import Monitor
@@ -127,6 +128,7 @@ def start(
         validate_spec(vm.spec, ctx.caps)
         check_host_devices_of(ctx.home, vm.spec)
         argv = build_argv(vm.spec, ctx.caps, vm.paths)
+        sync_for_start(ctx, vm.spec)  # the taps QEMU opens, the guests' leases and names
         _ensure_uefi_vars(ctx, vm)
         process.clear_runtime(vm.paths)
         process.rotate_logs(vm.paths)
@@ -138,6 +140,7 @@ def start(
             _set(ctx, name, VmState.SHUTOFF if previous is VmState.CRASHED else previous, str(exc))
             raise
         _set(ctx, name, VmState.RUNNING, "started", proc)
+        _set_links(vm)
         progress(50, f"QEMU runs (pid {proc.pid})")
         if not wait or vm.row.ready_marker is None:
             return Outcome(name, VmState.RUNNING, f"pid {proc.pid}")
@@ -145,6 +148,21 @@ def start(
         seconds = _wait_ready(vm, proc, offset, timeout)
         progress(95, f"guest ready in {seconds:.1f} s")
         return Outcome(name, VmState.RUNNING, "ready", seconds)
+
+
+def _set_links(vm: Vm) -> None:
+    """Bring down the carrier of the NICs whose spec says so (every card starts with it up).
+
+    :raise MonitorError: QEMU refused.
+    """
+    from corral.qemu.nic_nodes import set_link
+
+    changes = [args for i in range(len(vm.spec.nics)) if (args := set_link(vm.spec, i))]
+    if not changes:
+        return
+    with Monitor(vm.paths.qmp_socket) as mon:
+        for args in changes:
+            mon.execute("set_link", args)
 
 
 def _ensure_uefi_vars(ctx: Corral, vm: Vm) -> None:

@@ -31,7 +31,7 @@ import os
 import re
 import uuid
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, cast
 from uuid import UUID
@@ -58,10 +58,19 @@ from corral.errors import (
     NotFound,
 )
 from corral.net import ipam
+from corral.net.floating import FloatingMapping
 from corral.net.plan import HostPlan, Lease, Port, nic_tap
 from corral.spec import invalid_input
 from corral.spec.net import NETWORK_NAME_PATTERN, NetworkKind, NetworkSpec
-from corral.store.models import DEFAULT_PROJECT, NetworkRow, PortRow, ProjectRow, VmRow, as_utc
+from corral.store.models import (
+    DEFAULT_PROJECT,
+    FloatingIpRow,
+    NetworkRow,
+    PortRow,
+    ProjectRow,
+    VmRow,
+    as_utc,
+)
 
 #: The fields of a network spec, in the order a refusal's message is searched for the one it
 #: is about (a rule over several fields names the first it mentions).
@@ -78,6 +87,8 @@ class HostNetworking(Protocol):
     def host_interfaces(self) -> set[str]: ...
 
     def host_subnets(self) -> Iterable[object]: ...
+
+    def forget_connections(self, address: ipaddress.IPv4Address) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -207,12 +218,16 @@ class PortFacts:
 
 
 def host_plan(
-    networks: Sequence[NetworkSpec], ports: Sequence[PortFacts], default_uplink: str | None
+    networks: Sequence[NetworkSpec],
+    ports: Sequence[PortFacts],
+    default_uplink: str | None,
+    floating: FloatingFacts | None = None,
 ) -> HostPlan:
     """What the host must have for ``networks`` and ``ports``: a tap per port (named after
     its VM's UUID and NIC, as QEMU's command line names it), a static lease per port on a
     managed network, and each ``nat`` network's uplink (its own, else ``default_uplink``;
-    none: planned with no way out)."""
+    none: planned with no way out); and the floating IPs of ``floating``, on its interface
+    (else ``default_uplink``)."""
     managed = {n.name for n in networks if n.managed}
     leases: dict[str, list[Lease]] = {name: [] for name in managed}
     for port in ports:
@@ -229,7 +244,37 @@ def host_plan(
         ports=tuple(Port(nic_tap(UUID(p.vm_uuid), p.nic), p.network, p.mac) for p in ports),
         leases={name: tuple(found) for name, found in sorted(leases.items())},
         uplinks=uplinks,
+        **_floating_plan(floating, ports, default_uplink),
     )
+
+
+@dataclass(frozen=True)
+class FloatingFacts:
+    """The floating IPs as the host plan needs them."""
+
+    #: Every allocated address.
+    addresses: tuple[str, ...] = ()
+    #: The associated ones: address and the id of its port.
+    associated: tuple[tuple[str, str], ...] = ()
+    #: ``[network] floating_interface``; ``None``: the default route's.
+    interface: str | None = None
+
+
+def _floating_plan(
+    facts: FloatingFacts | None, ports: Sequence[PortFacts], default_uplink: str | None
+) -> dict[str, Any]:
+    if facts is None or not facts.addresses:
+        return {}
+    guests = {p.id: p.address for p in ports if p.address is not None}
+    return {
+        "floating": tuple(
+            FloatingMapping(ipaddress.IPv4Address(a), ipaddress.IPv4Address(guests[port]))
+            for a, port in facts.associated
+            if port in guests
+        ),
+        "floating_addresses": tuple(ipaddress.IPv4Address(a) for a in sorted(facts.addresses)),
+        "floating_interface": facts.interface or default_uplink,
+    }
 
 
 # -- the host ---------------------------------------------------------------------------------
@@ -279,7 +324,23 @@ def sync_host(ctx: Corral, session: Session | None = None) -> None:
             .order_by(PortRow.id)
         )
     ]
-    host.apply(host_plan(networks, ports, host.default_uplink()), ctx.home.root)
+    floating = floating_facts(ctx, session)
+    from corral.compute.security import load_plan
+
+    plan = host_plan(networks, ports, host.default_uplink(), floating)
+    host.apply(replace(plan, security=load_plan(session)), ctx.home.root)
+
+
+def floating_facts(ctx: Corral, session: Session) -> FloatingFacts:
+    """The floating IPs in the database, and where they live (``corral.toml``)."""
+    from corral.compute.settings import load_settings
+
+    rows = list(session.scalars(select(FloatingIpRow).order_by(FloatingIpRow.address)))
+    return FloatingFacts(
+        addresses=tuple(r.address for r in rows),
+        associated=tuple((r.address, r.port_id) for r in rows if r.port_id is not None),
+        interface=load_settings(ctx.home).network.floating_interface,
+    )
 
 
 def _restore_host(ctx: Corral) -> None:
@@ -293,6 +354,11 @@ def _host_lock(ctx: Corral) -> ObjectLock:
     """The lock that serialises changes of the networks (subnets are checked against each
     other, and the host is changed whole)."""
     return ObjectLock(ctx.home.locks, "host", "networks")
+
+
+#: The same, for the modules that add and remove ports with their VMs.
+host_lock = _host_lock
+restore_host = _restore_host
 
 
 # -- lookups ----------------------------------------------------------------------------------

@@ -16,10 +16,13 @@ Every key is optional::
     [network]
     host = true                      # make virtual networks on the host (bridges, dnsmasq,
                                      # nftables); false: keep them in the database only
+    floating_pool = "203.0.113.0/28" # addresses floating IPs are allocated from (none if unset)
+    floating_interface = "eth0"      # where they live (default: the default route's)
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -29,6 +32,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from corral.config import Home
 from corral.errors import InvalidInput
+from corral.spec.net import IFNAME_PATTERN
 from corral.units import MiB, parse_size
 
 SETTINGS_FILE = "corral.toml"
@@ -99,6 +103,31 @@ class NetworkSettings(BaseModel):
     #: Whether each change of the virtual networks is applied to the host; ``false`` keeps
     #: them in the database only (a host whose networking corral must leave alone).
     host: bool = True
+    #: The addresses floating IPs are allocated from (its host addresses, or every address
+    #: of a /31 or /32); none when unset.
+    floating_pool: ipaddress.IPv4Network | None = None
+    #: The interface the floating addresses are added to (the host answers ARP for them
+    #: there); the default route's when unset.
+    floating_interface: str | None = None
+
+    @field_validator("floating_pool", mode="before")
+    @classmethod
+    def parse_pool(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return ipaddress.IPv4Network(value.strip())
+            except ValueError as exc:
+                raise ValueError(
+                    f"{value!r} is not an IPv4 network like 203.0.113.0/28 ({exc})"
+                ) from None
+        return value
+
+    @field_validator("floating_interface")
+    @classmethod
+    def check_interface(cls, value: str | None) -> str | None:
+        if value is not None and (not IFNAME_PATTERN.match(value) or value in (".", "..")):
+            raise ValueError(f"{value!r} is not an interface name (1 to 15 of A-Z a-z 0-9 _ . -)")
+        return value
 
 
 class Settings(BaseModel):

@@ -1,6 +1,8 @@
 """SSH access to a VM: its address, login user, key and known host keys; waiting for sshd.
 
-:func:`access` is what the API answers (``GET /vms/{name}/ssh``): where the forward listens,
+:func:`access` is what the API answers (``GET /vms/{name}/ssh``): where the forward listens
+(or, for a VM without one, its first address on a managed network, port 22, which the host
+reaches through the network's bridge),
 who logs in, the key pair and the host keys, none of it tied to the machine a client runs
 on (:meth:`SshAccess.on_host` is the login from the daemon's own host; a client elsewhere
 makes its own, :mod:`corral.client.ssh`). The pure parts (console parsing, the client's
@@ -24,6 +26,7 @@ from corral.compute.sshcmd import (
     keys_of_known_hosts,
     known_hosts,
 )
+from corral.compute.vm_ports import first_address
 from corral.errors import GuestTimeout, InvalidInput, StateError
 from corral.spec.vm import VmSpec
 
@@ -129,14 +132,18 @@ def access(ctx: Corral, name: str) -> SshAccess:
     with ctx.db.session() as session:
         vm = records.load(ctx, session, name)
         forward = ssh_forward(vm.spec)
+        if forward is None:  # no user-mode forward: its first managed network's address
+            address = first_address(session, vm.spec)
+            forward = None if address is None else (str(address), SSH_PORT)
         login = vm.row.ssh_user or DEFAULT_USER
         keypair = vm.row.keypair
         serial_log = vm.paths.serial_log
     if forward is None:
         raise InvalidInput(
             "vm",
-            f"{name!r} has no host port forwarded to its port 22 "
-            "(launch it with `corral launch`, or create it with --forward tcp::PORT:22)",
+            f"{name!r} has no host port forwarded to its port 22 and no address on a managed "
+            "network (launch it with `corral launch`, or create it with --forward tcp::PORT:22 "
+            "or --net NETWORK)",
         )
     learn_host_keys(ctx, name, serial_log)
     path = known_hosts_path(ctx, name)

@@ -81,6 +81,8 @@ class Op(StrEnum):
     REVERT_MEMORY = "revert-memory"
     #: Add or remove a USB device (recorded when shut off, also live when running).
     USB = "usb"
+    #: Add or remove a NIC, or set its link (recorded when shut off, also live when running).
+    NIC = "nic"
     #: Set or clear the VNC password (kept for the next start, also live when running).
     VNC_AUTH = "vnc-auth"
 
@@ -108,6 +110,7 @@ ALLOWED: dict[Op, frozenset[VmState]] = {
     Op.REVERT_MEMORY: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
     Op.CLONE: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
     Op.USB: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
+    Op.NIC: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
     Op.VNC_AUTH: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
     Op.CLONE_SNAPSHOT: frozenset({S.DEFINED, S.RUNNING, S.PAUSED, S.SHUTOFF, S.CRASHED}),
 }

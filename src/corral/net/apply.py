@@ -26,14 +26,18 @@ Every operation acts on the network namespace of the calling thread; files go un
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from corral.errors import HostError
 from corral.net import dnsmasq, links, nft
-from corral.net.links import default_uplink, host_interfaces, host_subnets
+from corral.net.floating import stale_addresses
+from corral.net.links import default_uplink, forget_connections, host_interfaces, host_subnets
 from corral.net.plan import (
     DnsmasqFiles,
     HostPlan,
@@ -51,6 +55,7 @@ __all__ = [
     "apply",
     "default_uplink",
     "dnsmasq_files",
+    "forget_connections",
     "host_interfaces",
     "host_subnets",
     "teardown",
@@ -60,6 +65,9 @@ _log = logging.getLogger(__name__)
 
 #: The switch of IPv4 forwarding, per network namespace.
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+#: The switch that has bridged IPv4 frames pass the IP hooks, per network namespace (the
+#: file appears once the namespace has a bridge).
+BRIDGE_NF_CALL = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 
 
 def net_dir(state_dir: Path) -> Path:
@@ -96,6 +104,21 @@ def enable_forwarding() -> None:
     """
     if IP_FORWARD.read_text().strip() != "1":
         IP_FORWARD.write_text("1\n")
+
+
+def enable_bridge_filtering() -> None:
+    """Have bridged IPv4 frames pass the IP hooks, which security groups need (see
+    :mod:`corral.net.security`): every bridged IPv4 frame of the namespace then meets the
+    ``inet`` and ``ip`` tables, corral's and any other firewall's there.
+
+    It is never turned off again: other software of the host may rely on it.
+
+    :raise HostError: the kernel has no bridge netfilter.
+    """
+    if not BRIDGE_NF_CALL.exists():
+        raise HostError(f"{BRIDGE_NF_CALL} is missing: security groups need br_netfilter")
+    if BRIDGE_NF_CALL.read_text().strip() != "1":
+        BRIDGE_NF_CALL.write_text("1\n")
 
 
 def _ensure_links(ipr: Any, plan: HostPlan, undo: _Undo) -> None:
@@ -140,7 +163,69 @@ def _ensure_dnsmasq(plan: HostPlan, spec: NetworkSpec, state_dir: Path, undo: _U
         dnsmasq.reload(daemon)
 
 
+def floating_record(state_dir: Path) -> Path:
+    """Where corral notes the floating addresses it added to the host, as ``[interface,
+    address]`` pairs: only those are ever removed again."""
+    return net_dir(state_dir) / "floating-addresses.json"
+
+
+def _floating_added(state_dir: Path) -> set[tuple[str, str]]:
+    path = floating_record(state_dir)
+    if not path.exists():
+        return set()
+    return {(str(name), str(address)) for name, address in json.loads(path.read_text())}
+
+
+def _note_floating(state_dir: Path, added: set[tuple[str, str]]) -> None:
+    path = floating_record(state_dir)
+    if not added:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dnsmasq.write_atomic(path, json.dumps(sorted(added)) + "\n")
+
+
+def _wanted_floating(plan: HostPlan) -> set[tuple[str, str]]:
+    name = plan.floating_interface
+    return set() if name is None else {(name, str(a)) for a in plan.floating_addresses}
+
+
+def _ensure_floating(ipr: Any, plan: HostPlan, state_dir: Path, undo: _Undo) -> None:
+    """Add the plan's floating addresses (``/32``) to the floating interface, noting each
+    before it is added so that a later apply or the undo removes it."""
+    if plan.floating_interface is None or not plan.floating_addresses:
+        return
+    name = plan.floating_interface
+    have = {i.ip for i in links.host_addresses(ipr, name) if i.network.prefixlen == 32}
+    added = _floating_added(state_dir)
+    for address in plan.floating_addresses:
+        if address in have:
+            continue
+        added.add((name, str(address)))
+        _note_floating(state_dir, added)
+        undo.add(f"floating address {address}", _address_remover(name, address))
+        links.add_host_address(ipr, name, address)
+
+
+def _address_remover(name: str, address: ipaddress.IPv4Address) -> Callable[[], None]:
+    def remove() -> None:
+        with links.netlink() as ipr:
+            links.del_host_address(ipr, name, address)
+
+    return remove
+
+
+def _remove_stale_floating(plan: HostPlan, state_dir: Path) -> None:
+    added = _floating_added(state_dir)
+    wanted = _wanted_floating(plan)
+    for name, address in stale_addresses(added, wanted):
+        _address_remover(name, ipaddress.IPv4Address(address))()
+        added.discard((name, address))
+        _note_floating(state_dir, added)
+
+
 def _remove_stale(plan: HostPlan, state_dir: Path) -> None:
+    _remove_stale_floating(plan, state_dir)
     wanted = {spec.name for spec in plan.managed}
     root = net_dir(state_dir)
     if root.is_dir():
@@ -173,8 +258,11 @@ def apply(plan: HostPlan, state_dir: Path, previous: HostPlan | None = None) -> 
         undo = _Undo()
         try:
             _ensure_links(ipr, plan, undo)
+            _ensure_floating(ipr, plan, state_dir, undo)
             if any(spec.kind == "nat" for spec in plan.managed):
                 enable_forwarding()
+            if plan.security.active:
+                enable_bridge_filtering()
             nft.load(ruleset(plan) if plan.managed else remove_ruleset())
             for spec in plan.managed:
                 _ensure_dnsmasq(plan, spec, state_dir, undo)

@@ -195,3 +195,52 @@ def host_subnets() -> dict[str, list[ipaddress.IPv4Network]]:
             net = ipaddress.IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}").network
             found.setdefault(names.get(msg["index"], str(msg["index"])), []).append(net)
         return found
+
+
+def host_addresses(ipr: Any, name: str) -> set[ipaddress.IPv4Interface]:
+    """The IPv4 addresses of interface ``name``.
+
+    :raise HostError: there is no such interface.
+    """
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise HostError(f"the floating interface {name!r} does not exist")
+    return _addresses(ipr, found[0])
+
+
+def add_host_address(ipr: Any, name: str, address: ipaddress.IPv4Address) -> None:
+    """Add ``address``/32 to interface ``name`` (the host then answers ARP for it there)."""
+    index = ipr.link_lookup(ifname=name)[0]
+    ipr.addr("add", index=index, address=str(address), prefixlen=32)
+
+
+def del_host_address(ipr: Any, name: str, address: ipaddress.IPv4Address) -> None:
+    """Remove ``address``/32 from interface ``name``; one already gone is no error."""
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        return
+    try:
+        ipr.addr("del", index=found[0], address=str(address), prefixlen=32)
+    except NetlinkError as exc:
+        if exc.code != errno.EADDRNOTAVAIL:
+            raise
+
+
+def forget_connections(address: ipaddress.IPv4Address) -> int:
+    """Remove the conntrack entries of connections translated to or from ``address`` (a
+    floating IP): after a floating IP moves, a connection of the old mapping would otherwise
+    keep reaching the old guest. How many were removed."""
+    from pyroute2 import Conntrack
+
+    removed = 0
+    with Conntrack() as ct:
+        for entry in list(ct.dump_entries()):
+            if str(address) in (entry.tuple_orig.daddr, entry.tuple_reply.daddr):
+                try:
+                    ct.delete(entry)
+                except NetlinkError as exc:
+                    if exc.code != errno.ENOENT:
+                        raise
+                else:
+                    removed += 1
+    return removed

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from corral.errors import Conflict
+from corral.net.floating import FloatingMapping
+from corral.net.floating import rules as floating_rules
+from corral.net.security import SecurityPlan, bridge_table, inet_chains
 from corral.spec.net import IFNAME_PATTERN, NetworkSpec
 
 #: The nftables table (family ``inet``) that holds corral's filtering and NAT: replaced whole,
@@ -79,6 +82,14 @@ class HostPlan:
     #: The uplink each ``nat`` network masquerades out of, resolved (its own, or the host's
     #: default route's interface); a nat network without one is planned with no way out.
     uplinks: Mapping[str, str] = field(default_factory=dict)
+    #: The associated floating IPs (:mod:`corral.net.floating`).
+    floating: tuple[FloatingMapping, ...] = ()
+    #: Every allocated floating address: each is added (``/32``) to ``floating_interface``.
+    floating_addresses: tuple[ipaddress.IPv4Address, ...] = ()
+    #: Where floating addresses live; ``None``: nowhere (and no floating rules).
+    floating_interface: str | None = None
+    #: The security groups and the ports they guard (:mod:`corral.net.security`).
+    security: SecurityPlan = field(default_factory=SecurityPlan)
 
     @property
     def managed(self) -> tuple[NetworkSpec, ...]:
@@ -150,9 +161,14 @@ def ruleset(plan: HostPlan) -> str:
       reach out through its uplink and get answers back; nothing else crosses a managed
       bridge (an ``isolated`` network has no way out at all).
     * ``postrouting``: a ``nat`` network's addresses are masqueraded behind the uplink's.
+    * ``prerouting``, ``output`` and the first rules of ``postrouting`` and ``forward``: the
+      floating IPs (:func:`corral.net.floating.rules`).
+    * the security groups' sets and chains, and ``table bridge corral`` against spoofing
+      (:mod:`corral.net.security`).
     """
-    forward: list[str] = ["ct state invalid drop"]
-    nat: list[str] = []
+    fips = floating_rules(plan.floating, plan.floating_interface)
+    forward: list[str] = ["ct state invalid drop", *fips.forward]
+    nat: list[str] = list(fips.postrouting)
     for spec in plan.managed:
         bridge = _ifname(spec.bridge_ifname)
         forward.append(f"iifname {bridge} oifname {bridge} accept")
@@ -179,14 +195,28 @@ def ruleset(plan: HostPlan) -> str:
         "    type nat hook postrouting priority srcnat; policy accept;",
         *(f"    {rule}" for rule in nat),
         "  }",
+        "  chain prerouting {",
+        "    type nat hook prerouting priority dstnat; policy accept;",
+        *(f"    {rule}" for rule in fips.prerouting),
+        "  }",
+        "  chain output {",
+        "    type nat hook output priority -100; policy accept;",
+        *(f"    {rule}" for rule in fips.output),
+        "  }",
+        *inet_chains(plan.security),
         "}",
+        *bridge_table(plan.security),
     ]
     return "\n".join(lines) + "\n"
 
 
 def remove_ruleset() -> str:
-    """The nft script that removes corral's table, whether or not it exists."""
-    return f"table inet {TABLE}\ndelete table inet {TABLE}\n"
+    """The nft script that removes corral's tables, whether or not they exist."""
+    return (
+        f"table inet {TABLE}\ndelete table inet {TABLE}\n"
+        + "\n".join(bridge_table(SecurityPlan()))
+        + "\n"
+    )
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ PRIVATE_BLOCKS = tuple(
     ipaddress.IPv4Network(block)
     for block in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 )
+#: Names a network cannot have: ``user`` is the user-mode NAT NIC's (``--net user``).
+RESERVED_NAMES = frozenset({"user"})
 #: The bridge corral makes for a managed network: ``crb-`` and the network's name.
 BRIDGE_PREFIX = "crb-"
 
@@ -90,6 +92,13 @@ class NetworkSpec(BaseModel):
     @classmethod
     def _ifname(cls, value: str | None) -> str | None:
         return None if value is None else check_ifname(value, "interface")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_NAMES:
+            raise ValueError(f"{value!r} is reserved: it names the user-mode NAT NIC (--net user)")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> NetworkSpec:

@@ -151,6 +151,7 @@ def launch_instances(
 ) -> TaskRead:
     """Launch instances and wait until SSH answers: a task (refusals answer at once); follow
     it with GET /launch/{task_id}."""
+    from corral.compute.define import NetworkNic
     from corral.compute.launch import SSH_ADDR, launch, plan
 
     project_id = require_creatable(ctx, principal, body.project)
@@ -165,6 +166,7 @@ def launch_instances(
         timeout=body.timeout,
         isolated=body.isolated,
         project=body.project,
+        networks=tuple(NetworkNic(n.network, n.ip, n.link) for n in body.networks),
     )
     checked = plan(ctx, req)
     progress = LaunchProgress(

@@ -183,11 +183,13 @@ def create_vm(
 ) -> VmRead:
     """Define a VM (state ``defined``): its disks cloned, its quota taken; not started."""
     from corral.access.audit import audited
-    from corral.compute.define import CreateRequest, create
+    from corral.compute.define import CreateRequest, NetworkNic, create
     from corral.compute.inventory import info
 
     asked = body.model_dump(include={"image", "vcpus", "memory", "disk_size", "data_disks"})
     asked.update(body.model_dump(include={"cdrom", "boot"}, exclude_none=True))
+    if body.networks:
+        asked["networks"] = [n.network for n in body.networks]
     with audited(ctx, principal, "vm.create", "vm", body.name, body.project, asked):
         require_creatable(ctx, principal, body.project)
         if body.cdrom is not None and not principal.is_admin:
@@ -212,6 +214,7 @@ def create_vm(
                 project=body.project,
                 cdrom=body.cdrom,
                 boot=body.boot,
+                networks=tuple(NetworkNic(n.network, n.ip, n.link) for n in body.networks),
             ),
         )
     response.headers["Location"] = request.url_for("get_vm", name=body.name).path

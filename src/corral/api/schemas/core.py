@@ -133,6 +133,24 @@ class TaskRead(Read):
     cancellable: bool = Field(description="Whether POST /tasks/{id}/cancel would accept it now.")
 
 
+class NicCreate(BaseModel):
+    """A NIC of a VM to define or launch: on a virtual network, or user-mode NAT."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    network: str = Field(
+        max_length=63,
+        description="The network, by name (one of the VM's project); 'user': user-mode NAT "
+        "(where port forwards go).",
+    )
+    ip: str | None = Field(
+        default=None,
+        max_length=15,
+        description="A fixed IPv4 address on a managed network; none: the network assigns one.",
+    )
+    link: bool = Field(default=True, description="Carrier up, or down (no traffic passes).")
+
+
 class VmCreate(BaseModel):
     """A VM to define (``POST /vms``): what ``corral create`` takes."""
 
@@ -182,4 +200,11 @@ class VmCreate(BaseModel):
         default=None,
         description="What firmware boots first: the disk, the CD-ROM, or the network (the "
         "NIC's iPXE ROM); none: the CD-ROM when there is one, else the disk.",
+    )
+    networks: list[NicCreate] = Field(
+        default_factory=list,
+        max_length=8,
+        description="The VM's NICs, in order (net0, net1, ...); empty: one user-mode NIC. A NIC "
+        "on a network gets a port there: a MAC of its own and, on a managed network, an "
+        "address that DHCP gives it and `<vm>.<network>` names.",
     )

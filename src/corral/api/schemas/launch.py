@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from corral.api.schemas.base import Create, ErrorRead, Read
+from corral.api.schemas.core import NicCreate
 
 PhaseName = Literal["clone", "seed", "start", "boot", "ready"]
 
@@ -40,6 +41,12 @@ class LaunchCreate(Create):
         "an instance not ready by then is left running and the task ends as error.",
     )
     project: str = Field(default="default", max_length=63, description="The project, by name.")
+    networks: list[NicCreate] = Field(
+        default_factory=list,
+        max_length=8,
+        description="The instances' NICs, in order; empty: one user-mode NIC with the SSH "
+        "forward. Without a user-mode NIC, SSH reaches the first managed network's address.",
+    )
 
 
 class PhaseRead(Read):

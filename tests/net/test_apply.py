@@ -180,6 +180,23 @@ def test_applying_twice_changes_nothing(world: World) -> None:
     assert _snapshot(world) == before
 
 
+def _nft_handles(name: str) -> str:
+    """corral's table with rule handles: they change with every reload."""
+    return sh(name, "nft -a list table inet corral").stdout
+
+
+def test_an_unchanged_plan_leaves_nftables_alone_and_puts_back_a_removed_table(
+    world: World,
+) -> None:
+    before = _nft_handles(world.host)
+    run_in(world.host, _apply, world.state, PLAN)
+    assert _nft_handles(world.host) == before  # not reloaded: the same rule handles
+    sh(world.host, "nft delete table inet corral")
+    run_in(world.host, _apply, world.state, PLAN)
+    again = _nft_handles(world.host)
+    assert "masquerade" in again and again != before  # put back by a new load
+
+
 def test_a_dead_dnsmasq_is_restarted(world: World) -> None:
     files = net_apply.dnsmasq_files(world.state, "lan")
     daemon = dnsmasq.running(files)

@@ -263,7 +263,7 @@ def apply(plan: HostPlan, state_dir: Path, previous: HostPlan | None = None) -> 
                 enable_forwarding()
             if plan.security.active:
                 enable_bridge_filtering()
-            nft.load(ruleset(plan) if plan.managed else remove_ruleset())
+            nft.ensure(ruleset(plan) if plan.managed else remove_ruleset(), _nft_record(state_dir))
             for spec in plan.managed:
                 _ensure_dnsmasq(plan, spec, state_dir, undo)
         except BaseException:
@@ -277,11 +277,17 @@ def apply(plan: HostPlan, state_dir: Path, previous: HostPlan | None = None) -> 
     _remove_stale(plan, state_dir)
 
 
+def _nft_record(state_dir: Path) -> Path:
+    """What corral loaded into nftables last, and what the kernel then held."""
+    return net_dir(state_dir) / "nft-loaded.json"
+
+
 def teardown(state_dir: Path) -> None:
     """Remove everything of corral's networks from the host: every dnsmasq and its files,
     the taps and bridges tagged corral's, the nft table. IP forwarding stays on."""
     _remove_stale(HostPlan(networks=()), state_dir)
     nft.load(remove_ruleset())
+    _nft_record(state_dir).unlink(missing_ok=True)
     root = net_dir(state_dir)
     if root.is_dir() and not any(root.iterdir()):
         root.rmdir()

@@ -7,8 +7,11 @@ runner of its own, with a timeout and the same :class:`~corral.errors.ToolError`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 from corral.errors import HostError, ToolError
 
@@ -49,3 +52,50 @@ def table(name: str) -> str | None:
         [nft, "list", "table", "inet", name], capture_output=True, timeout=TIMEOUT, check=False
     )
     return done.stdout.decode() if done.returncode == 0 else None
+
+
+def listing() -> str:
+    """What the kernel holds of corral's tables now (``inet corral`` and ``bridge corral``,
+    as ``nft list`` prints them; empty for a missing one).
+
+    :raise HostError: nft is not installed.
+    """
+    nft = shutil.which("nft")
+    if nft is None:
+        raise HostError("nft not found: install nftables")
+    parts = []
+    for family in ("inet", "bridge"):
+        done = subprocess.run(
+            [nft, "list", "table", family, "corral"],
+            capture_output=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        parts.append(done.stdout.decode() if done.returncode == 0 else "")
+    return "\n".join(parts)
+
+
+def ensure(script: str, record: Path) -> bool:
+    """Load ``script`` unless it is the one loaded last and the kernel's tables are still
+    what that load left (``record`` keeps both); whether it loaded.
+
+    A periodic apply of an unchanged plan so leaves the firewall alone (no reload every few
+    seconds), yet a table someone changed or removed is put back.
+
+    :raise ToolError: nft refused the script.
+    :raise HostError: nft is not installed.
+    """
+    digest = hashlib.sha256(script.encode()).hexdigest()
+    try:
+        last = json.loads(record.read_text())
+    except (OSError, ValueError):
+        last = {}
+    if last.get("script") == digest and last.get("listing") == listing():
+        return False
+    record.unlink(missing_ok=True)
+    load(script)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    temporary = record.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"script": digest, "listing": listing()}))
+    temporary.replace(record)
+    return True

@@ -8,25 +8,26 @@ of the first); no traffic leaves the two namespaces, and dnsmasq has no upstream
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from corral.compute.context import Corral
-from corral.compute.reference import ensure_reference
-from corral.config import Home
 from tests import daemons
-from tests.integration.conftest import CORRAL
-from tests.netns import namespace, sh
+from tests.integration.netharness import (
+    OUTSIDE,
+    World,
+    addresses,
+    dnsmasq_pids,
+    launch_all,
+    make_world,
+)
+from tests.netns import sh
 
 pytestmark = [
     pytest.mark.tcg,
@@ -35,144 +36,11 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed"),
 ]
 
-#: The outside namespace's address: what masquerading reaches.
-OUTSIDE = "10.200.0.2"
-UPLINK = "10.200.0.1"
-
-
-@dataclass
-class World:
-    """A host namespace with corral's state directory, and the namespace its uplink leads to."""
-
-    ns: str
-    outside: str
-    root: Path
-    state: Path = field(init=False)
-    home: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.state = self.root / "state"
-        self.home = self.root / "home"
-        self.home.mkdir()
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ, CORRAL_HOME=str(self.state), HOME=str(self.home), COLUMNS="200")
-        for name in ("CORRAL_URL", "CORRAL_TOKEN", "XDG_CONFIG_HOME", "XDG_STATE_HOME"):
-            env.pop(name, None)
-        return env
-
-    def argv(self, *args: str) -> list[str]:
-        return ["ip", "netns", "exec", self.ns, CORRAL, *args]
-
-    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(
-                self.argv(*args),
-                env=self.env(),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        finally:
-            daemons.note(self.state)
-
-    def ok(self, *args: str, timeout: float = 300) -> str:
-        result = self.run(*args, timeout=timeout)
-        assert result.returncode == 0, f"corral {' '.join(args)}:\n{result.stdout}{result.stderr}"
-        return result.stdout
-
-    def ssh(self, vm: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return self.run("ssh", vm, "--", command, timeout=timeout)
-
-    def host_state(self) -> tuple[list[str], str, list[int]]:
-        """What must be as it was after everything is deleted: the namespace's interfaces,
-        its nftables ruleset, and the dnsmasq processes of this state directory."""
-        links = sorted(
-            line.split(":")[1].strip().split("@")[0]
-            for line in sh(self.ns, "ip -o link").stdout.splitlines()
-        )
-        ruleset = sh(self.ns, "nft list ruleset").stdout
-        return links, ruleset, dnsmasq_pids(self.state)
-
-    def vms(self) -> list[str]:
-        return sorted(v["name"] for v in json.loads(self.ok("list", "--all", "--json")))
-
-    def cleanup(self) -> None:
-        for name in self.vms():
-            self.run("destroy", name)
-            self.run("delete", name)
-        for network in json.loads(self.ok("net", "list", "--json")):
-            self.run("net", "delete", network["name"])
-
-
-def dnsmasq_pids(state: Path) -> list[int]:
-    """The dnsmasq processes whose command line names ``state``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            cmdline
-            and cmdline[0].endswith(b"dnsmasq")
-            and str(state).encode() in b" ".join(cmdline)
-        ):
-            pids.append(int(proc.name))
-    return sorted(pids)
-
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    root = Path(tempfile.mkdtemp(prefix="cn-", dir="/tmp"))
-    with namespace("h") as ns, namespace("o") as outside:
-        sh(ns, f"ip link add up0 type veth peer name down0 && ip link set down0 netns {outside}")
-        sh(ns, f"ip addr add {UPLINK}/24 dev up0 && ip link set up0 up")
-        sh(ns, f"ip route add default via {OUTSIDE}")
-        sh(outside, f"ip addr add {OUTSIDE}/24 dev down0 && ip link set down0 up")
-        w = World(ns, outside, root)
-        ctx = Corral(Home(w.state))
-        ensure_reference(ctx)
-        ctx.close()
-        try:
-            yield w
-        finally:
-            try:
-                w.cleanup()
-            finally:
-                daemons.stop(w.state)
-                shutil.rmtree(root, ignore_errors=True)
-
-
-def _launch(w: World, name: str, network: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        w.argv(
-            "launch",
-            name,
-            "--image",
-            "reference",
-            "--type",
-            "t1.micro",
-            "--key",
-            "k1",
-            "--net",
-            network,
-        ),
-        env=w.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def _addresses(w: World, network: str) -> dict[str, str]:
-    info = json.loads(w.ok("net", "info", network, "--json"))
-    return {p["vm"]: p["address"] for p in info["ports"]}
+    with make_world() as w:
+        yield w
 
 
 class Replies:
@@ -205,15 +73,10 @@ def test_guests_on_nat_and_isolated_networks(world: World) -> None:
     w.ok("key", "create", "k1")
     w.ok("net", "create", "lan", "--type", "nat", "--subnet", "10.77.0.0/24")
     w.ok("net", "create", "iso", "--type", "isolated", "--subnet", "10.78.0.0/24")
-    launches = {
-        name: _launch(w, name, net) for name, net in (("a", "lan"), ("b", "lan"), ("c", "iso"))
-    }
-    for name, proc in launches.items():
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"launch {name}:\n{out}"
+    launch_all(w, {"a": "lan", "b": "lan", "c": "iso"})
 
     # DHCP gave each guest the address corral assigned it.
-    lan = _addresses(w, "lan")
+    lan = addresses(w, "lan")
     assert sorted(lan) == ["a", "b"]
     for name, address in lan.items():
         shown = w.ssh(name, "ip -4 addr show eth0")
@@ -287,14 +150,14 @@ def test_create_start_ssh_and_clone_on_a_network(world: World) -> None:
     assert "network 'nosuch' not found" in refused.stderr
     assert "x" not in w.vms()
     w.ok("create", "d", "--image", "reference", "--memory", "256M", "--net", "lan:10.77.0.50")
-    info = _addresses(w, "lan")
+    info = addresses(w, "lan")
     assert info == {"d": "10.77.0.50"}
     w.ok("clone", "d", "e")
-    cloned = _addresses(w, "lan")
+    cloned = addresses(w, "lan")
     assert cloned["d"] == "10.77.0.50"
     assert re.match(r"10\.77\.0\.\d+$", cloned["e"]) and cloned["e"] != "10.77.0.50"
     w.ok("delete", "e")
-    assert _addresses(w, "lan") == {"d": "10.77.0.50"}
+    assert addresses(w, "lan") == {"d": "10.77.0.50"}
     w.ok("start", "d", "--wait")
     # Without a key in the seed, SSH is not possible: the guest answers ping on its address.
     reached = sh(w.ns, "busybox ping -c 1 -w 60 10.77.0.50", check=False)

@@ -17,7 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("bench_clone", "bench_launch", "bench_list", "bench_ssh_launch", "bench_api")
+BENCHMARKS = (
+    "bench_clone",
+    "bench_launch",
+    "bench_list",
+    "bench_ssh_launch",
+    "bench_api",
+    "bench_networks",
+)
 
 
 def main() -> int:

@@ -44,11 +44,15 @@ def key_line(kind: str, blob: bytes, comment: str = "") -> str:
     return f"{kind} {base64.b64encode(blob).decode()} {comment}".strip()
 
 
-def ed25519_raw() -> bytes:
-    return (
+def ed25519_raw(seed: bytes | None = None) -> bytes:
+    """A new ed25519 public key, or with ``seed`` (32 bytes) always the same one."""
+    private = (
         ed25519.Ed25519PrivateKey.generate()
-        .public_key()
-        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        if seed is None
+        else ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+    )
+    return private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
 
 
@@ -171,7 +175,8 @@ def test_oversized_rsa_is_refused() -> None:
     assert "at most 16384 bits" in refused(key_line("ssh-rsa", blob))
 
 
-ED_BLOB = ssh_string(b"ssh-ed25519") + ssh_string(ed25519_raw())
+# A fixed key: the parameters below (and so the tests' ids) are the same in every process.
+ED_BLOB = ssh_string(b"ssh-ed25519") + ssh_string(ed25519_raw(bytes(range(32))))
 ED_LINE = key_line("ssh-ed25519", ED_BLOB, "me@host")
 
 

@@ -35,16 +35,16 @@ from corral.access.projects import find_project
 from corral.access.scope import find_owned, visible
 from corral.compute.context import Corral
 from corral.compute.networks import (
-    _host_lock,
-    _project_name,
-    _restore_host,
     host_enabled,
+    host_lock,
     host_networking,
+    host_restored,
     network_of,
+    project_name,
     sync_host,
 )
 from corral.compute.settings import load_settings
-from corral.errors import Conflict, CorralError, NotFound
+from corral.errors import Conflict, NotFound
 from corral.net.floating import free_address
 from corral.store.models import DEFAULT_PROJECT, FloatingIpRow, NetworkRow, PortRow, VmRow, as_utc
 
@@ -108,7 +108,7 @@ def _view(session: Session, row: FloatingIpRow) -> FloatingIpView:
             nic, guest = port.nic, port.address
     return FloatingIpView(
         address=row.address,
-        project=_project_name(session, row.project_id),
+        project=project_name(session, row.project_id),
         vm=vm,
         nic=nic,
         guest=guest,
@@ -159,32 +159,26 @@ def allocate(ctx: Corral, actor: Principal, project: str | None = None) -> Float
     """
     project = DEFAULT_PROJECT if project is None else project
     pool = load_settings(ctx.home).network.floating_pool
-    applying = False
-    try:
-        with (
-            _host_lock(ctx),
-            audited(ctx, actor, "floating_ip.allocate", "floating ip", "-", project) as op,
-        ):
-            project_id = find_project(op.session, actor, project).id
-            authorize(actor, Action.CREATE, "project", project, project_id)
-            taken = {
-                ipaddress.IPv4Address(a) for a in op.session.scalars(select(FloatingIpRow.address))
-            }
-            address = str(free_address(pool, taken))
-            op.detail["address"] = address
-            row = FloatingIpRow(id=str(uuid.uuid4()), address=address, project_id=project_id)
-            op.session.add(row)
-            try:
-                op.session.flush()
-            except IntegrityError as exc:
-                raise Conflict(f"floating ip {address} was allocated meanwhile") from exc
-            applying = True
-            _apply(ctx, op.session)
-            return _view(op.session, row)
-    except CorralError:
-        if applying:
-            _restore_host(ctx)
-        raise
+    with (
+        host_restored(ctx) as host,
+        host_lock(ctx),
+        audited(ctx, actor, "floating_ip.allocate", "floating ip", "-", project) as op,
+    ):
+        project_id = find_project(op.session, actor, project).id
+        authorize(actor, Action.CREATE, "project", project, project_id)
+        taken = {
+            ipaddress.IPv4Address(a) for a in op.session.scalars(select(FloatingIpRow.address))
+        }
+        address = str(free_address(pool, taken))
+        op.detail["address"] = address
+        row = FloatingIpRow(id=str(uuid.uuid4()), address=address, project_id=project_id)
+        op.session.add(row)
+        try:
+            op.session.flush()
+        except IntegrityError as exc:
+            raise Conflict(f"floating ip {address} was allocated meanwhile") from exc
+        host.sync(op.session)
+        return _view(op.session, row)
 
 
 def _port_of(session: Session, vm: VmRow, nic: str | None) -> PortRow:
@@ -226,45 +220,39 @@ def associate(
         another project, it has no such NIC on a managed network, or that NIC has a floating
         IP already.
     """
-    applying = False
-    try:
-        with (
-            _host_lock(ctx),
-            audited(
-                ctx, actor, "floating_ip.associate", "floating ip", address, None, {"vm": vm}
-            ) as op,
-        ):
-            row = find_floating(op.session, actor, address, Action.OPERATE)
-            op.project = _project_name(op.session, row.project_id)
-            if nic is not None:
-                op.detail["nic"] = nic
-            if row.port_id is not None:
-                where = _where(op.session, row.port_id)
-                raise Conflict(f"floating ip {row.address} is associated with {where} already")
-            vm_row = find_owned(op.session, actor, VmRow, "vm", vm, Action.OPERATE)
-            if vm_row.project_id != row.project_id:
-                raise Conflict(
-                    f"vm {vm!r} is in project {_project_name(op.session, vm_row.project_id)!r}, "
-                    f"floating ip {row.address} in {op.project!r}"
-                )
-            port = _port_of(op.session, vm_row, nic)
-            holder = op.session.scalars(
-                select(FloatingIpRow.address).where(FloatingIpRow.port_id == port.id)
-            ).first()
-            if holder is not None:
-                raise Conflict(f"vm {vm!r} NIC {port.nic!r} has floating ip {holder} already")
-            row.port_id = port.id
-            try:
-                op.session.flush()
-            except IntegrityError as exc:
-                raise Conflict(f"vm {vm!r} NIC {port.nic!r} was given a floating ip") from exc
-            applying = True
-            _apply(ctx, op.session)
-            return _view(op.session, row)
-    except CorralError:
-        if applying:
-            _restore_host(ctx)
-        raise
+    with (
+        host_restored(ctx) as host,
+        host_lock(ctx),
+        audited(
+            ctx, actor, "floating_ip.associate", "floating ip", address, None, {"vm": vm}
+        ) as op,
+    ):
+        row = find_floating(op.session, actor, address, Action.OPERATE)
+        op.project = project_name(op.session, row.project_id)
+        if nic is not None:
+            op.detail["nic"] = nic
+        if row.port_id is not None:
+            where = _where(op.session, row.port_id)
+            raise Conflict(f"floating ip {row.address} is associated with {where} already")
+        vm_row = find_owned(op.session, actor, VmRow, "vm", vm, Action.OPERATE)
+        if vm_row.project_id != row.project_id:
+            raise Conflict(
+                f"vm {vm!r} is in project {project_name(op.session, vm_row.project_id)!r}, "
+                f"floating ip {row.address} in {op.project!r}"
+            )
+        port = _port_of(op.session, vm_row, nic)
+        holder = op.session.scalars(
+            select(FloatingIpRow.address).where(FloatingIpRow.port_id == port.id)
+        ).first()
+        if holder is not None:
+            raise Conflict(f"vm {vm!r} NIC {port.nic!r} has floating ip {holder} already")
+        row.port_id = port.id
+        try:
+            op.session.flush()
+        except IntegrityError as exc:
+            raise Conflict(f"vm {vm!r} NIC {port.nic!r} was given a floating ip") from exc
+        host.sync(op.session)
+        return _view(op.session, row)
 
 
 def disassociate(ctx: Corral, actor: Principal, address: str) -> FloatingIpView:
@@ -274,26 +262,20 @@ def disassociate(ctx: Corral, actor: Principal, address: str) -> FloatingIpView:
     :raise NotFound: no such floating IP, or not in ``actor``'s projects.
     :raise Forbidden: ``actor``'s role may not operate.
     """
-    applying = False
-    try:
-        with (
-            _host_lock(ctx),
-            audited(ctx, actor, "floating_ip.disassociate", "floating ip", address) as op,
-        ):
-            row = find_floating(op.session, actor, address, Action.OPERATE)
-            op.project = _project_name(op.session, row.project_id)
-            was = row.port_id
-            if was is not None:
-                op.detail["was"] = _where(op.session, was)
-                row.port_id = None
-                op.session.flush()
-                applying = True
-                _apply(ctx, op.session)
-            view = _view(op.session, row)
-    except CorralError:
-        if applying:
-            _restore_host(ctx)
-        raise
+    with (
+        host_restored(ctx) as host,
+        host_lock(ctx),
+        audited(ctx, actor, "floating_ip.disassociate", "floating ip", address) as op,
+    ):
+        row = find_floating(op.session, actor, address, Action.OPERATE)
+        op.project = project_name(op.session, row.project_id)
+        was = row.port_id
+        if was is not None:
+            op.detail["was"] = _where(op.session, was)
+            row.port_id = None
+            op.session.flush()
+            host.sync(op.session)
+        view = _view(op.session, row)
     if was is not None:
         _forget(ctx, view.address)
     return view
@@ -305,23 +287,17 @@ def release(ctx: Corral, actor: Principal, address: str) -> None:
     :raise NotFound: no such floating IP, or not in ``actor``'s projects.
     :raise Forbidden: ``actor``'s role may not delete.
     """
-    applying = False
-    try:
-        with (
-            _host_lock(ctx),
-            audited(ctx, actor, "floating_ip.release", "floating ip", address) as op,
-        ):
-            row = find_floating(op.session, actor, address, Action.DELETE)
-            op.project = _project_name(op.session, row.project_id)
-            canonical = row.address
-            if row.port_id is not None:
-                op.detail["was"] = _where(op.session, row.port_id)
-            op.session.delete(row)
-            op.session.flush()
-            applying = True
-            _apply(ctx, op.session)
-    except CorralError:
-        if applying:
-            _restore_host(ctx)
-        raise
+    with (
+        host_restored(ctx) as host,
+        host_lock(ctx),
+        audited(ctx, actor, "floating_ip.release", "floating ip", address) as op,
+    ):
+        row = find_floating(op.session, actor, address, Action.DELETE)
+        op.project = project_name(op.session, row.project_id)
+        canonical = row.address
+        if row.port_id is not None:
+            op.detail["was"] = _where(op.session, row.port_id)
+        op.session.delete(row)
+        op.session.flush()
+        host.sync(op.session)
     _forget(ctx, canonical)

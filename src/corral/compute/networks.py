@@ -30,7 +30,8 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -343,22 +344,49 @@ def floating_facts(ctx: Corral, session: Session) -> FloatingFacts:
     )
 
 
-def _restore_host(ctx: Corral) -> None:
+def restore_host(ctx: Corral) -> None:
     """After a refused change: the host as the committed networks say, as far as it goes
     (the refusal, not a failure here, is what the caller hears of)."""
     with contextlib.suppress(CorralError):
         sync_host(ctx)
 
 
-def _host_lock(ctx: Corral) -> ObjectLock:
+def host_lock(ctx: Corral) -> ObjectLock:
     """The lock that serialises changes of the networks (subnets are checked against each
     other, and the host is changed whole)."""
     return ObjectLock(ctx.home.locks, "host", "networks")
 
 
-#: The same, for the modules that add and remove ports with their VMs.
-host_lock = _host_lock
-restore_host = _restore_host
+class HostChange:
+    """A change of the networks' records that the host follows (:func:`host_restored`)."""
+
+    def __init__(self, ctx: Corral) -> None:
+        self._ctx = ctx
+        #: Whether the host was made to follow the change.
+        self.touched = False
+
+    def sync(self, session: Session) -> None:
+        """Make the host match the records as ``session`` sees them (its change too).
+
+        :raise CorralError: the host could not be made so.
+        """
+        self.touched = True
+        sync_host(self._ctx, session)
+
+
+@contextmanager
+def host_restored(ctx: Corral) -> Iterator[HostChange]:
+    """Around a change of the networks' records, entered before its transaction so that the
+    commit is inside: when the change fails after the host was made to follow it (by the
+    host itself, a later step, or the commit), the host is brought back to what the committed
+    records say, as far as it goes; the change's own error is what the caller hears of."""
+    change = HostChange(ctx)
+    try:
+        yield change
+    except BaseException:
+        if change.touched:
+            restore_host(ctx)
+        raise
 
 
 # -- lookups ----------------------------------------------------------------------------------
@@ -389,7 +417,7 @@ def find_network(
     return row
 
 
-def _project_name(session: Session, project_id: str) -> str:
+def project_name(session: Session, project_id: str) -> str:
     row = session.get(ProjectRow, project_id)
     return project_id if row is None else row.name
 
@@ -437,7 +465,7 @@ def get_network(ctx: Corral, principal: Principal, name: str) -> NetworkView:
     with ctx.db.session() as session:
         row = find_network(session, principal, name)
         ports = _ports(session, principal, row.id)
-        return _view(row, _project_name(session, row.project_id), ports, len(ports))
+        return _view(row, project_name(session, row.project_id), ports, len(ports))
 
 
 def page_networks(
@@ -470,7 +498,7 @@ def page_networks(
         )
         counts = {network_id: int(n) for network_id, n in counted}
         views = [
-            _view(r, _project_name(session, r.project_id), (), counts.get(r.id, 0)) for r in rows
+            _view(r, project_name(session, r.project_id), (), counts.get(r.id, 0)) for r in rows
         ]
     return views, total
 
@@ -514,55 +542,48 @@ def create_network(
         }.items()
         if v is not None
     }
-    applying = False
-    try:
-        with (
-            _host_lock(ctx),
-            audited(ctx, actor, "network.create", "network", name, project, detail) as op,
-        ):
-            spec = network_spec(
-                name=name,
-                kind=kind,
-                subnet=subnet,
-                gateway=gateway,
-                bridge=bridge,
-                uplink=uplink,
-                vlan=vlan,
+    with (
+        host_restored(ctx) as host,
+        host_lock(ctx),
+        audited(ctx, actor, "network.create", "network", name, project, detail) as op,
+    ):
+        spec = network_spec(
+            name=name,
+            kind=kind,
+            subnet=subnet,
+            gateway=gateway,
+            bridge=bridge,
+            uplink=uplink,
+            vlan=vlan,
+        )
+        session = op.session
+        project_id = find_project(session, actor, project).id
+        authorize(actor, Action.CREATE, "project", project, project_id)
+        if spec.kind == "bridged" and not actor.is_admin:
+            raise Forbidden(
+                actor.name, actor.role.value, "create", "bridged networks (admins only)"
             )
-            session = op.session
-            project_id = find_project(session, actor, project).id
-            authorize(actor, Action.CREATE, "project", project, project_id)
-            if spec.kind == "bridged" and not actor.is_admin:
-                raise Forbidden(
-                    actor.name, actor.role.value, "create", "bridged networks (admins only)"
-                )
-            check_system(os.geteuid() if uid is None else uid)
-            if session.scalars(select(NetworkRow.id).where(NetworkRow.name == name)).first():
-                raise AlreadyExists("network", name)
-            ipam.check_subnets(spec, [network_of(r) for r in session.scalars(select(NetworkRow))])
-            if host_enabled(ctx):
-                host = host_networking()
-                check_host(spec, host.host_subnets(), host.host_interfaces())
-            row = NetworkRow(
-                id=str(uuid.uuid4()),
-                name=name,
-                project_id=project_id,
-                kind=spec.kind,
-                spec=spec.model_dump_json(exclude_none=True),
-            )
-            session.add(row)
-            try:
-                session.flush()
-            except IntegrityError as exc:
-                raise AlreadyExists("network", name) from exc
-            applying = True
-            sync_host(ctx, session)
-            view = _view(row, project, (), 0)
-    except CorralError:
-        if applying:
-            _restore_host(ctx)
-        raise
-    return view
+        check_system(os.geteuid() if uid is None else uid)
+        if session.scalars(select(NetworkRow.id).where(NetworkRow.name == name)).first():
+            raise AlreadyExists("network", name)
+        ipam.check_subnets(spec, [network_of(r) for r in session.scalars(select(NetworkRow))])
+        if host_enabled(ctx):
+            networking = host_networking()
+            check_host(spec, networking.host_subnets(), networking.host_interfaces())
+        row = NetworkRow(
+            id=str(uuid.uuid4()),
+            name=name,
+            project_id=project_id,
+            kind=spec.kind,
+            spec=spec.model_dump_json(exclude_none=True),
+        )
+        session.add(row)
+        try:
+            session.flush()
+        except IntegrityError as exc:
+            raise AlreadyExists("network", name) from exc
+        host.sync(session)
+        return _view(row, project, (), 0)
 
 
 def delete_network(ctx: Corral, actor: Principal, name: str) -> None:
@@ -572,24 +593,21 @@ def delete_network(ctx: Corral, actor: Principal, name: str) -> None:
     :raise Forbidden: ``actor``'s role may not delete.
     :raise InUse: NICs are on it (naming their VMs).
     """
-    applying = False
-    try:
-        with _host_lock(ctx), audited(ctx, actor, "network.delete", "network", name) as op:
-            row = find_network(op.session, actor, name)
-            op.project = _project_name(op.session, row.project_id)
-            authorize(actor, Action.DELETE, "network", name, row.project_id)
-            _check_unused(op.session, actor, row)
-            op.session.delete(row)
-            try:
-                op.session.flush()
-            except IntegrityError:  # a NIC joined it meanwhile
-                raise InUse("network", name, ["a vm"]) from None
-            applying = True
-            sync_host(ctx, op.session)
-    except CorralError:
-        if applying:
-            _restore_host(ctx)
-        raise
+    with (
+        host_restored(ctx) as host,
+        host_lock(ctx),
+        audited(ctx, actor, "network.delete", "network", name) as op,
+    ):
+        row = find_network(op.session, actor, name)
+        op.project = project_name(op.session, row.project_id)
+        authorize(actor, Action.DELETE, "network", name, row.project_id)
+        _check_unused(op.session, actor, row)
+        op.session.delete(row)
+        try:
+            op.session.flush()
+        except IntegrityError:  # a NIC joined it meanwhile
+            raise InUse("network", name, ["a vm"]) from None
+        host.sync(op.session)
 
 
 def _check_unused(session: Session, principal: Principal, row: NetworkRow) -> None:

@@ -44,11 +44,16 @@ from corral.access.scope import find_owned
 from corral.compute import records
 from corral.compute.addresses import allocate_port
 from corral.compute.context import Corral
-from corral.compute.networks import find_network, host_lock, restore_host, sync_host
+from corral.compute.networks import (
+    find_network,
+    host_lock,
+    host_restored,
+    project_name,
+    sync_host,
+)
 from corral.compute.records import Vm
 from corral.compute.state import Op, require
 from corral.compute.volume_attach import DETACH_TIMEOUT, _vm_held, check_timeout
-from corral.compute.volumes import _project_name
 from corral.errors import Conflict, CorralError, GuestTimeout, InvalidInput, MonitorError, NotFound
 from corral.net.plan import nic_tap
 from corral.qemu.monitor import Monitor
@@ -284,43 +289,36 @@ def add_nic(
     detail: dict[str, object] = {"network": network, "model": model}
     if ip is not None:
         detail["ip"] = ip
-    applying = False
-    try:
-        with (
-            audited(ctx, actor, "vm.nic.add", "vm", vm, None, detail) as op,
-            _vm_held(ctx, vm),
-            host_lock(ctx),
-        ):
-            card = check_model(model)
-            session = op.session
-            vm_row, record = _open(session, ctx, actor, vm)
-            op.project = _project_name(session, vm_row.project_id)
-            net_row: NetworkRow = find_network(session, actor, network)
-            if net_row.project_id != vm_row.project_id:  # a VM reaches its project's only
-                raise NotFound("network", network)
-            active = record.state.active
-            if active:
-                check_hotplug(vm, "add a NIC to", record.spec.machine)
-            name = free_name(record.spec)
-            port = allocate_port(session, vm_row, name, net_row, ip=ip)
-            fixed = None if ip is None or port.address is None else IPv4Address(port.address)
-            nic = NicSpec(
-                name=name, kind="network", model=card, network=network, mac=port.mac, ip=fixed
-            )
-            spec = plan_add(record.spec, nic)
-            _save(session, vm_row, spec)
-            op.detail.update(nic=name, mac=port.mac, address=port.address, hotplug=active)
-            applying = True
-            sync_host(ctx, session)
-            if active:
-                with Monitor(record.paths.qmp_socket) as mon:
-                    plug_in(mon, _plan(ctx, spec, name))
-            view = _view(session, vm_row, spec, name)
-    except BaseException:
-        if applying:
-            restore_host(ctx)
-        raise
-    return view
+    with (
+        host_restored(ctx) as host,
+        audited(ctx, actor, "vm.nic.add", "vm", vm, None, detail) as op,
+        _vm_held(ctx, vm),
+        host_lock(ctx),
+    ):
+        card = check_model(model)
+        session = op.session
+        vm_row, record = _open(session, ctx, actor, vm)
+        op.project = project_name(session, vm_row.project_id)
+        net_row: NetworkRow = find_network(session, actor, network)
+        if net_row.project_id != vm_row.project_id:  # a VM reaches its project's only
+            raise NotFound("network", network)
+        active = record.state.active
+        if active:
+            check_hotplug(vm, "add a NIC to", record.spec.machine)
+        name = free_name(record.spec)
+        port = allocate_port(session, vm_row, name, net_row, ip=ip)
+        fixed = None if ip is None or port.address is None else IPv4Address(port.address)
+        nic = NicSpec(
+            name=name, kind="network", model=card, network=network, mac=port.mac, ip=fixed
+        )
+        spec = plan_add(record.spec, nic)
+        _save(session, vm_row, spec)
+        op.detail.update(nic=name, mac=port.mac, address=port.address, hotplug=active)
+        host.sync(session)
+        if active:
+            with Monitor(record.paths.qmp_socket) as mon:
+                plug_in(mon, _plan(ctx, spec, name))
+        return _view(session, vm_row, spec, name)
 
 
 def remove_nic(
@@ -345,7 +343,7 @@ def remove_nic(
         check_timeout(timeout)
         session = op.session
         vm_row, record = _open(session, ctx, actor, vm)
-        op.project = _project_name(session, vm_row.project_id)
+        op.project = project_name(session, vm_row.project_id)
         view = _view(session, vm_row, record.spec, name)
         spec = plan_remove(record.spec, name)
         active = record.state.active
@@ -380,7 +378,7 @@ def set_link(ctx: Corral, actor: Principal, vm: str, name: str, up: bool) -> Nic
     with audited(ctx, actor, "vm.nic.link", "vm", vm, None, detail) as op, _vm_held(ctx, vm):
         session = op.session
         vm_row, record = _open(session, ctx, actor, vm)
-        op.project = _project_name(session, vm_row.project_id)
+        op.project = project_name(session, vm_row.project_id)
         spec = plan_link(record.spec, name, up)
         _save(session, vm_row, spec)
         active = record.state.active

@@ -43,13 +43,12 @@ from corral.access.projects import find_project
 from corral.access.scope import find_owned, visible
 from corral.compute.context import Corral
 from corral.compute.networks import (
-    _host_lock,
-    _project_name,
-    _restore_host,
+    host_lock,
+    host_restored,
     network_of,
-    sync_host,
+    project_name,
 )
-from corral.errors import AlreadyExists, Conflict, CorralError, InUse, InvalidInput, NotFound
+from corral.errors import AlreadyExists, Conflict, InUse, InvalidInput, NotFound
 from corral.net.plan import nic_tap
 from corral.net.security import Guard, Rule, SecurityPlan, group_key
 from corral.spec import invalid_input
@@ -230,7 +229,7 @@ def find_group(
     if not rows:
         raise NotFound("security group", name)
     if len(rows) > 1:
-        projects = sorted(_project_name(session, r.project_id) for r in rows)
+        projects = sorted(project_name(session, r.project_id) for r in rows)
         raise Conflict(
             f"security groups named {name!r} are in projects {', '.join(projects)}: name one"
         )
@@ -276,7 +275,7 @@ def _view(session: Session, row: SecurityGroupRow) -> GroupView:
     )
     return GroupView(
         name=row.name,
-        project=_project_name(session, row.project_id),
+        project=project_name(session, row.project_id),
         description=row.description,
         rules=tuple(_rule_view(session, r) for r in rules),
         attached=tuple(f"{vm}/{nic}" for vm, nic in attached),
@@ -394,7 +393,7 @@ def delete_group(ctx: Corral, actor: Principal, name: str, project: str | None =
     """
     with audited(ctx, actor, "security_group.delete", "security group", name, project) as op:
         row = find_group(op.session, actor, name, project, Action.DELETE)
-        op.project = _project_name(op.session, row.project_id)
+        op.project = project_name(op.session, row.project_id)
         view = _view(op.session, row)
         if view.attached:
             raise InUse("security group", name, [f"nic {a}" for a in view.attached])
@@ -423,24 +422,18 @@ def add_rule(
     :raise Forbidden: ``actor``'s role may not operate.
     """
     detail = spec.model_dump(mode="json", exclude_none=True)
-    applying = False
-    try:
-        with (
-            _host_lock(ctx),
-            audited(
-                ctx, actor, "security_group.rule_add", "security group", group, project, detail
-            ) as op,
-        ):
-            row = find_group(op.session, actor, group, project, Action.OPERATE)
-            op.project = _project_name(op.session, row.project_id)
-            rule = _add_rule(op.session, row, spec)
-            applying = True
-            sync_host(ctx, op.session)
-            return _rule_view(op.session, rule)
-    except CorralError:
-        if applying:
-            _restore_host(ctx)
-        raise
+    with (
+        host_restored(ctx) as host,
+        host_lock(ctx),
+        audited(
+            ctx, actor, "security_group.rule_add", "security group", group, project, detail
+        ) as op,
+    ):
+        row = find_group(op.session, actor, group, project, Action.OPERATE)
+        op.project = project_name(op.session, row.project_id)
+        rule = _add_rule(op.session, row, spec)
+        host.sync(op.session)
+        return _rule_view(op.session, rule)
 
 
 def remove_rule(
@@ -451,38 +444,32 @@ def remove_rule(
     :raise NotFound: no such group or rule.
     :raise Forbidden: ``actor``'s role may not operate.
     """
-    applying = False
-    try:
-        with (
-            _host_lock(ctx),
-            audited(
-                ctx,
-                actor,
-                "security_group.rule_remove",
-                "security group",
-                group,
-                project,
-                {"rule": rule_id},
-            ) as op,
-        ):
-            row = find_group(op.session, actor, group, project, Action.OPERATE)
-            op.project = _project_name(op.session, row.project_id)
-            prefix = rule_id.lower()
-            found = [
-                r
-                for r in op.session.scalars(select(SgRuleRow).where(SgRuleRow.group_id == row.id))
-                if re.fullmatch(r"[0-9a-f-]{4,36}", prefix) and r.id.startswith(prefix)
-            ]
-            if len(found) != 1:
-                raise NotFound("rule", rule_id, f"in security group {group!r}")
-            op.session.delete(found[0])
-            op.session.flush()
-            applying = True
-            sync_host(ctx, op.session)
-    except CorralError:
-        if applying:
-            _restore_host(ctx)
-        raise
+    with (
+        host_restored(ctx) as host,
+        host_lock(ctx),
+        audited(
+            ctx,
+            actor,
+            "security_group.rule_remove",
+            "security group",
+            group,
+            project,
+            {"rule": rule_id},
+        ) as op,
+    ):
+        row = find_group(op.session, actor, group, project, Action.OPERATE)
+        op.project = project_name(op.session, row.project_id)
+        prefix = rule_id.lower()
+        found = [
+            r
+            for r in op.session.scalars(select(SgRuleRow).where(SgRuleRow.group_id == row.id))
+            if re.fullmatch(r"[0-9a-f-]{4,36}", prefix) and r.id.startswith(prefix)
+        ]
+        if len(found) != 1:
+            raise NotFound("rule", rule_id, f"in security group {group!r}")
+        op.session.delete(found[0])
+        op.session.flush()
+        host.sync(op.session)
 
 
 def _port_of(session: Session, vm: VmRow, nic: str | None) -> PortRow:
@@ -568,36 +555,30 @@ def _attachment(
 ) -> GroupView:
     verb = "attach" if attaching else "detach"
     detail = {"vm": vm} | ({} if nic is None else {"nic": nic})
-    applying = False
-    try:
-        with (
-            _host_lock(ctx),
-            audited(
-                ctx, actor, f"security_group.{verb}", "security group", group, project, detail
-            ) as op,
-        ):
-            row = find_group(op.session, actor, group, project, Action.OPERATE)
-            op.project = _project_name(op.session, row.project_id)
-            vm_row = find_owned(op.session, actor, VmRow, "vm", vm, Action.OPERATE)
-            if vm_row.project_id != row.project_id:
-                raise NotFound("vm", vm, f"in project {op.project!r}")
-            port = _port_of(op.session, vm_row, nic)
-            op.detail["nic"] = port.nic
-            link = op.session.get(PortGroupRow, (port.id, row.id))
-            where = f"vm {vm!r} NIC {port.nic!r}"
-            if attaching:
-                if link is not None:
-                    raise Conflict(f"security group {group!r} is attached to {where} already")
-                op.session.add(PortGroupRow(port_id=port.id, group_id=row.id))
-            else:
-                if link is None:
-                    raise NotFound("security group", group, f"attached to {where}")
-                op.session.delete(link)
-            op.session.flush()
-            applying = True
-            sync_host(ctx, op.session)
-            return _view(op.session, row)
-    except CorralError:
-        if applying:
-            _restore_host(ctx)
-        raise
+    with (
+        host_restored(ctx) as host,
+        host_lock(ctx),
+        audited(
+            ctx, actor, f"security_group.{verb}", "security group", group, project, detail
+        ) as op,
+    ):
+        row = find_group(op.session, actor, group, project, Action.OPERATE)
+        op.project = project_name(op.session, row.project_id)
+        vm_row = find_owned(op.session, actor, VmRow, "vm", vm, Action.OPERATE)
+        if vm_row.project_id != row.project_id:
+            raise NotFound("vm", vm, f"in project {op.project!r}")
+        port = _port_of(op.session, vm_row, nic)
+        op.detail["nic"] = port.nic
+        link = op.session.get(PortGroupRow, (port.id, row.id))
+        where = f"vm {vm!r} NIC {port.nic!r}"
+        if attaching:
+            if link is not None:
+                raise Conflict(f"security group {group!r} is attached to {where} already")
+            op.session.add(PortGroupRow(port_id=port.id, group_id=row.id))
+        else:
+            if link is None:
+                raise NotFound("security group", group, f"attached to {where}")
+            op.session.delete(link)
+        op.session.flush()
+        host.sync(op.session)
+        return _view(op.session, row)

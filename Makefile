@@ -1,4 +1,5 @@
-# The two commands: `make up` runs corral on this host, `make test` runs every test.
+# The two commands: `make up` runs corral on this host, `make test` runs every test (one
+# worker a CPU; a test file's tests stay together on one worker, with their fixtures).
 .PHONY: up test setup setup-test lint bench
 
 up: setup
@@ -8,7 +9,7 @@ test: setup-test
 	.venv/bin/ruff check src tests bench
 	.venv/bin/ruff format --check src tests bench
 	.venv/bin/mypy
-	.venv/bin/pytest
+	.venv/bin/pytest -n auto --dist loadfile
 
 setup:
 	scripts/setup

@@ -27,7 +27,8 @@ from corral.access.principal import Principal
 from corral.compute.addresses import allocate_port, release_ports
 from corral.compute.context import Corral
 from corral.compute.define import CreateRequest, create
-from corral.compute.networks import create_network, host_enabled
+from corral.compute.network_host import host_enabled
+from corral.compute.networks import create_network
 from corral.compute.settings import SETTINGS_FILE
 from corral.errors import Conflict, InvalidInput
 from corral.store.models import NetworkRow, PortRow, VmRow

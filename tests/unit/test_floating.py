@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.compute.networks import FloatingFacts, PortFacts, host_plan
+from corral.compute.network_host import FloatingFacts, PortFacts, host_plan
 from corral.compute.settings import NetworkSettings, load_settings
 from corral.config import Home
 from corral.errors import Conflict, InvalidInput

@@ -8,14 +8,8 @@ import uuid
 
 import pytest
 
-from corral.compute.networks import (
-    PortFacts,
-    check_host,
-    check_system,
-    free_count,
-    host_plan,
-    network_spec,
-)
+from corral.compute.network_host import PortFacts, host_plan
+from corral.compute.networks import check_host, check_system, free_count, network_spec
 from corral.errors import Conflict, InvalidInput
 from corral.net.plan import Lease, nic_tap
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from corral.compute.networks import network_of
+from corral.compute.network_host import network_of
 from corral.errors import Conflict, InvalidInput
 from corral.net import ipam
 from corral.store.models import NetworkRow, PortRow, VmRow

@@ -372,7 +372,7 @@ def _make(
     progress: Progress,
 ) -> VmSpec:
     from corral.access.quotas import check_project_quota, demand_of, image_sizes, reserving
-    from corral.compute.networks import sync_host
+    from corral.compute.network_host import sync_host
     from corral.compute.ports import bindable, pick_port, ports_lock, reserved_by_records
     from corral.compute.settings import load_settings
     from corral.compute.vm_ports import allocate_vm_ports, host_change

@@ -28,7 +28,7 @@ from corral.compute.clone import check_no_linked_clones
 from corral.compute.context import Corral
 from corral.compute.lifecycle import Progress, holding, quiet, vm_lock
 from corral.compute.locks import ObjectLock
-from corral.compute.networks import sync_host
+from corral.compute.network_host import sync_host
 from corral.compute.ownership import image_usable, resolve_project
 from corral.compute.state import Op, VmState, require
 from corral.compute.vm_ports import allocate_vm_ports, host_change

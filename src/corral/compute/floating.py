@@ -2,7 +2,7 @@
 and associated with a NIC of one of its VMs.
 
 A floating IP is a row (:class:`~corral.store.models.FloatingIpRow`); the host follows the
-database as for networks (:func:`corral.compute.networks.sync_host`): every allocated address
+database as for networks (:func:`corral.compute.network_host.sync_host`): every allocated address
 lives on the floating interface, and an associated one is translated to its guest's address
 and back (:mod:`corral.net.floating`). Associating, disassociating and moving change only the
 host's nftables table: neither VM is restarted, and a VM in any state may be associated.
@@ -34,15 +34,15 @@ from corral.access.principal import Action, Principal, authorize
 from corral.access.projects import find_project
 from corral.access.scope import find_owned, visible
 from corral.compute.context import Corral
-from corral.compute.networks import (
+from corral.compute.network_host import (
     host_enabled,
     host_lock,
     host_networking,
     host_restored,
     network_of,
-    project_name,
     sync_host,
 )
+from corral.compute.networks import project_name
 from corral.compute.settings import load_settings
 from corral.errors import Conflict, NotFound
 from corral.net.floating import free_address

@@ -319,7 +319,7 @@ def _check_networks(session: Session, req: LaunchRequest, project_id: str) -> No
         a managed network."""
     from sqlalchemy import select
 
-    from corral.compute.networks import network_of
+    from corral.compute.network_host import network_of
     from corral.store.models import NetworkRow
 
     reachable = req.user_nic

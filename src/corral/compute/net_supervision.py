@@ -15,7 +15,7 @@ import threading
 from sqlalchemy import select
 
 from corral.compute.context import Corral
-from corral.compute.networks import host_enabled, host_lock, sync_host
+from corral.compute.network_host import host_enabled, host_lock, sync_host
 from corral.errors import CorralError
 from corral.store.models import NetworkRow
 

@@ -6,7 +6,7 @@ unique in the network). On a running (or paused) VM it is hotplug as well, with 
 and card of :mod:`corral.qemu.nic_nodes`, so a hot-plugged NIC is the card the next start's
 command line has:
 
-* add: the port, then the host (:func:`corral.compute.networks.sync_host` makes the NIC's tap
+* add: the port, then the host (:func:`corral.compute.network_host.sync_host` makes the NIC's tap
   on the network's bridge and its DHCP lease), then ``netdev_add`` and ``device_add`` with
   the port's MAC. A failure anywhere undoes the rest: the backend is removed, the
   transaction (port and spec) rolled back, and the host synced back to the committed record,
@@ -44,13 +44,8 @@ from corral.access.scope import find_owned
 from corral.compute import records
 from corral.compute.addresses import allocate_port
 from corral.compute.context import Corral
-from corral.compute.networks import (
-    find_network,
-    host_lock,
-    host_restored,
-    project_name,
-    sync_host,
-)
+from corral.compute.network_host import host_lock, host_restored, sync_host
+from corral.compute.networks import find_network, project_name
 from corral.compute.records import Vm
 from corral.compute.state import Op, require
 from corral.compute.volume_attach import DETACH_TIMEOUT, _vm_held, check_timeout

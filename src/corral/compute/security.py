@@ -4,7 +4,7 @@ its VMs.
 A group is a row (:class:`~corral.store.models.SecurityGroupRow`) with its rules
 (:class:`~corral.store.models.SgRuleRow`, each a :class:`~corral.spec.security.RuleSpec`);
 an attachment is a :class:`~corral.store.models.PortGroupRow`. The host follows the database
-as for networks (:func:`corral.compute.networks.sync_host`, which plans the groups with
+as for networks (:func:`corral.compute.network_host.sync_host`, which plans the groups with
 :func:`security_plan`): adding or removing a rule, attaching or detaching a group reloads
 corral's nftables tables in one transaction, live, without touching the VM, in whatever state
 it is; connections already open stay open.
@@ -42,12 +42,8 @@ from corral.access.principal import Action, Principal, authorize
 from corral.access.projects import find_project
 from corral.access.scope import find_owned, visible
 from corral.compute.context import Corral
-from corral.compute.networks import (
-    host_lock,
-    host_restored,
-    network_of,
-    project_name,
-)
+from corral.compute.network_host import host_lock, host_restored, network_of
+from corral.compute.networks import project_name
 from corral.errors import AlreadyExists, Conflict, InUse, InvalidInput, NotFound
 from corral.net.plan import nic_tap
 from corral.net.security import Guard, Rule, SecurityPlan, group_key

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from corral.compute.addresses import allocate_port
 from corral.compute.context import Corral
-from corral.compute.networks import host_lock, restore_host, sync_host
+from corral.compute.network_host import host_lock, restore_host, sync_host
 from corral.errors import NotFound
 from corral.spec.vm import VmSpec
 from corral.store.models import NetworkRow, PortRow, VmRow

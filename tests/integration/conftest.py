@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from corral.client.api import Client
+from corral.client.local import connect
 from corral.compute import lifecycle
 from corral.compute.context import Corral
 from corral.compute.define import CreateRequest, create, delete
@@ -49,6 +51,17 @@ def ctx(corral_home: Path) -> Iterator[Corral]:
     c = Corral(Home(corral_home))
     yield c
     c.close()
+
+
+@pytest.fixture
+def client(corral_home: Path) -> Iterator[Client]:
+    """A client of ``corral_home``'s local daemon (started on demand, stopped at the end)."""
+    api = connect(corral_home)
+    daemons.note(corral_home)
+    try:
+        yield api
+    finally:
+        api.close()
 
 
 @pytest.fixture

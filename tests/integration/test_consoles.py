@@ -25,24 +25,12 @@ from corral.access.tokens import create_token
 from corral.access.users import create_user
 from corral.api.schemas import VmCreate
 from corral.client.api import ApiError, Client
-from corral.client.local import connect
 from corral.compute.context import Corral
 from corral.errors import CorralError
 from corral.qemu.monitor import Monitor
-from tests import daemons
 from tests.integration.conftest import CORRAL
 
 pytestmark = [pytest.mark.tcg, pytest.mark.slow]
-
-
-@pytest.fixture
-def client(corral_home: Path) -> Iterator[Client]:
-    api = connect(corral_home)
-    daemons.note(corral_home)
-    try:
-        yield api
-    finally:
-        api.close()
 
 
 @pytest.fixture

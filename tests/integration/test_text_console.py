@@ -25,25 +25,13 @@ import pytest
 
 from corral.api.schemas import VmCreate
 from corral.client.api import ApiError, Client
-from corral.client.local import connect
 from corral.errors import CorralError
 from corral.qemu.ptyholder import size_frame
-from tests import daemons
 from tests.integration.conftest import CORRAL
 
 pytestmark = [pytest.mark.tcg, pytest.mark.slow]
 
 ROWS, COLUMNS = 25, 80
-
-
-@pytest.fixture
-def client(corral_home: Path) -> Iterator[Client]:
-    api = connect(corral_home)
-    daemons.note(corral_home)
-    try:
-        yield api
-    finally:
-        api.close()
 
 
 @pytest.fixture

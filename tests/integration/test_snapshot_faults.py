@@ -92,15 +92,17 @@ def test_killing_qemu_during_a_merge_leaves_clean_images_and_a_vm_that_starts(
     assert (vm_dir / layer).stat().st_size > DATA_MIB * 2**20
     before = _recorded_chain(ctx, vm)
 
-    real = monitor.Monitor.block_stream
     running: list[dict[str, Any]] = []
     seen_running = threading.Event()
 
     def throttled(self: Monitor, job_id: str, node: str, base_node: str | None) -> None:
-        # The merge's own monitor connection (QMP serves one client): slow the job, and say
-        # when QEMU reports it under way.
-        real(self, job_id, node, base_node)
-        self.execute("block-job-set-speed", {"device": job_id, "speed": THROTTLE})
+        # The merge's own monitor connection (QMP serves one client): the job as the real
+        # call starts it, slowed from its first byte (set later, a fast job could be over
+        # already), and say when QEMU reports it under way.
+        args: dict[str, object] = {"job-id": job_id, "device": node, "speed": THROTTLE}
+        if base_node is not None:
+            args["base-node"] = base_node
+        self.execute("block-stream", args)
         running.append(_streaming(self, job_id))
         seen_running.set()
 

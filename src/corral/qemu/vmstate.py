@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 from corral.errors import MonitorError
@@ -23,6 +24,8 @@ CAPABILITIES = {"events": True}
 #: Bytes per second a save may write: no throttle (QEMU's default is 32 MiB/s, meant for a
 #: network shared with the guest's own traffic; a save goes to a local file).
 SAVE_BANDWIDTH = 1 << 40
+#: Seconds between two questions while QEMU finishes a completed save's migration.
+SETTLE_POLL = 0.005
 #: The name QEMU holds the passed descriptor under.
 _SAVE_FD = "corral-save"
 _LOAD_FD = "corral-load"
@@ -66,16 +69,35 @@ def save(mon: Monitor, path: Path, mode: int, timeout: float) -> int:
         with contextlib.suppress(MonitorError):
             mon.closefd(_SAVE_FD)
         raise
+    deadline = time.monotonic() + timeout
     try:
         mon.wait_migration(timeout)
     except MonitorError:
         with contextlib.suppress(MonitorError):
             mon.migrate_cancel()
         raise
+    _await_postmigrate(mon, deadline)
     size = path.stat().st_size
     if size == 0:
         raise MonitorError("migrate", f"the saved state {path} is empty")
     return size
+
+
+def _await_postmigrate(mon: Monitor, deadline: float) -> None:
+    """Wait until QEMU has left ``finish-migrate``: it reports a save ``completed`` a moment
+    before its migration thread's clean-up moves the machine on (to ``postmigrate``), and
+    refuses ``cont`` until then ("Migration is not finalized yet"). QEMU sends no event for
+    that step, so its run state is asked until it has moved or the deadline passes.
+
+    :raise MonitorError: still finishing at ``deadline``.
+    """
+    while True:
+        status = mon.execute("query-status").get("status")
+        if status != "finish-migrate":
+            return
+        if time.monotonic() >= deadline:
+            raise MonitorError("query-status", "QEMU did not finish the save's migration")
+        time.sleep(SETTLE_POLL)
 
 
 def load(mon: Monitor, path: Path, timeout: float) -> None:
